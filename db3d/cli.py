@@ -1,0 +1,185 @@
+"""`python -m db3d <command>`: the one entry point the Snakemake rules call.
+
+Each command parses its arguments and calls one library function; no logic lives here.
+A `Db3dError` (bad input, bad config, missing model) is printed as one line and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import Db3dError
+
+
+def _config(args: argparse.Namespace) -> dict:
+    from .config import load_config
+
+    overrides = dict(kv.split("=", 1) for kv in (getattr(args, "set", None) or []))
+    return load_config(args.config, overrides)
+
+
+def cmd_resolve_config(args: argparse.Namespace) -> None:
+    from .config import load_config, setting_config
+    from .io import write_json
+
+    base = load_config(args.config)
+    base.pop("seed", None)
+    write_json(args.out, setting_config(base, args.setting))
+
+
+def cmd_prompts(args: argparse.Namespace) -> None:
+    from .data.prompts import write_tables
+
+    write_tables(Path(args.source), Path(args.subjects_out), Path(args.prompts_out))
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from .data.build import build_subject
+
+    build_subject(args.source, args.subject, Path(args.out), resolutions=tuple(args.resolutions),
+                  min_images=args.min_images, subjects_table=Path(args.subjects_table))
+
+
+def cmd_class_priors(args: argparse.Namespace) -> None:
+    from .stages import class_priors
+
+    class_priors(_config(args), args.class_noun, Path(args.out))
+
+
+def cmd_dreambooth(args: argparse.Namespace) -> None:
+    from .stages import dreambooth
+
+    dreambooth(_config(args), Path(args.subject_dir), Path(args.priors), Path(args.out_dir),
+               init=Path(args.init) if args.init else None,
+               pseudo_views=Path(args.pseudo_views) if args.pseudo_views else None)
+
+
+def cmd_nerf(args: argparse.Namespace) -> None:
+    from .stages import fit_nerf
+
+    fit_nerf(_config(args), args.stage, Path(args.dreambooth), args.prompt_id, Path(args.subject_dir),
+             Path(args.out_dir), pseudo_views=Path(args.pseudo_views) if args.pseudo_views else None)
+
+
+def cmd_pseudo_views(args: argparse.Namespace) -> None:
+    from .stages import pseudo_views
+
+    pseudo_views(_config(args), Path(args.nerf), Path(args.dreambooth), args.prompt_id,
+                 Path(args.subject_dir), Path(args.out_dir))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .stages import evaluate
+
+    evaluate(_config(args), Path(args.nerf), Path(args.subject_dir), args.prompt_id, args.variant,
+             args.setting, Path(args.out_dir))
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from .eval.table import collect_metrics
+
+    collect_metrics([Path(p) for p in args.inputs], Path(args.out))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    build_report(_config(args), Path(args.metrics), Path(args.runs), Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", default=None, help="config YAML/JSON (default config/config.yaml)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set stage3.recon_weight=0.5")
+        return sp
+
+    sp = sub.add_parser("resolve-config", help="write the resolved config of one setting (experiment cell)")
+    sp.add_argument("--config", default=None)
+    sp.add_argument("--setting", required=True, help="e.g. seed~0 or partial_steps~50/seed~1")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_resolve_config)
+
+    sp = sub.add_parser("prompts", help="write config/subjects.tsv and config/prompts.tsv from the dataset's text file")
+    sp.add_argument("--source", required=True)
+    sp.add_argument("--subjects-out", default="config/subjects.tsv")
+    sp.add_argument("--prompts-out", default="config/prompts.tsv")
+    sp.set_defaults(func=cmd_prompts)
+
+    sp = sub.add_parser("dataset", help="build one subject's training images, masks and metadata")
+    sp.add_argument("--source", required=True, help="dataset folder (google/dreambooth layout)")
+    sp.add_argument("--subject", required=True)
+    sp.add_argument("--out", required=True, help="output folder data/subjects/<subject>")
+    sp.add_argument("--subjects-table", default="config/subjects.tsv")
+    sp.add_argument("--resolutions", type=int, nargs="+", default=[64, 512])
+    sp.add_argument("--min-images", type=int, default=3)
+    sp.set_defaults(func=cmd_dataset)
+
+    sp = with_config(sub.add_parser("class-priors", help="sample the class-prior images of one class"))
+    sp.add_argument("--class-noun", required=True)
+    sp.add_argument("--out", required=True, help="output folder (images + manifest.json)")
+    sp.set_defaults(func=cmd_class_priors)
+
+    sp = with_config(sub.add_parser("dreambooth", help="DreamBooth fine-tuning (partial+full, or multi-view)"))
+    sp.add_argument("--subject-dir", required=True)
+    sp.add_argument("--priors", required=True, help="class-prior folder from class-priors")
+    sp.add_argument("--out-dir", required=True)
+    sp.add_argument("--init", help="continue from this checkpoint (multi-view DreamBooth)")
+    sp.add_argument("--pseudo-views", help="stage-2 pseudo views to add to the instance images")
+    sp.set_defaults(func=cmd_dreambooth)
+
+    sp = with_config(sub.add_parser("nerf", help="optimise a NeRF by score distillation"))
+    sp.add_argument("--stage", required=True, choices=["stage1", "stage3", "naive", "latent_nerf"])
+    sp.add_argument("--dreambooth", required=True, help="DreamBooth checkpoint guiding the NeRF")
+    sp.add_argument("--subject-dir", required=True)
+    sp.add_argument("--prompt-id", required=True)
+    sp.add_argument("--pseudo-views", help="stage-2 pseudo views (reconstruction loss, stage3)")
+    sp.add_argument("--out-dir", required=True)
+    sp.set_defaults(func=cmd_nerf)
+
+    sp = with_config(sub.add_parser("pseudo-views", help="stage 2: img2img of NeRF renders with the full DreamBooth"))
+    sp.add_argument("--nerf", required=True)
+    sp.add_argument("--dreambooth", required=True)
+    sp.add_argument("--subject-dir", required=True)
+    sp.add_argument("--prompt-id", required=True)
+    sp.add_argument("--out-dir", required=True)
+    sp.set_defaults(func=cmd_pseudo_views)
+
+    sp = with_config(sub.add_parser("evaluate", help="render fixed views of a NeRF and compute its metrics"))
+    sp.add_argument("--nerf", required=True)
+    sp.add_argument("--subject-dir", required=True)
+    sp.add_argument("--prompt-id", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--setting", required=True)
+    sp.add_argument("--out-dir", required=True)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("collect-metrics", help="concatenate per-run metric tables into one tidy table")
+    sp.add_argument("inputs", nargs="+")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_collect)
+
+    sp = with_config(sub.add_parser("report", help="typeset reports/main.pdf from the metrics and run folders"))
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--runs", default="runs")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except Db3dError as e:
+        print(f"db3d: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,148 @@
+"""The workflow configuration: one YAML file, one JSON schema, one place to read both.
+
+The Snakefile validates `config/config.yaml` with `snakemake.utils.validate` against
+`config/schema.yaml`; every `python -m db3d` command reads the resolved per-run config
+(`runs/<setting>/config.json`) through `load_config`, which validates again, so a bad value is
+caught with the same one-line message whichever way the code is entered.
+
+A *setting* names one cell of an experiment: `seed~0`, or an ablation row such as
+`partial_steps~50/seed~1` (the directory layout `snakemake.utils.Paramspace` produces).
+Each `name~value` overrides one config key; `ABLATION_KEYS` maps the short column names used in
+`ablations/*.tsv` to config keys, and any key can also be written `section__key`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "config.yaml"
+
+# Short names for the knobs the paper's ablations turn (columns of ablations/*.tsv).
+ABLATION_KEYS = {
+    "seed": "seed",
+    "partial_steps": "dreambooth.partial_steps",
+    "full_steps": "dreambooth.full_steps",
+    "multiview_steps": "dreambooth.multiview_steps",
+    "recon_weight": "stage3.recon_weight",
+    "noise_level": "stage2.noise_level",
+    "num_pseudo_views": "stage2.num_views",
+    "guidance_scale": "sds.guidance_scale",
+    "stage1_iters": "stage1.iters",
+    "stage3_iters": "stage3.iters",
+}
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate `cfg` against the schema; raise ConfigError naming the key, the value and the rule."""
+    import jsonschema
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{source}: {key}: {err.message}; fix it in the config (schema: config/schema.yaml)")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    """Read a YAML/JSON config, apply dotted-key overrides, validate, and return it."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
+    text = path.read_text()
+    cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    seed = cfg.pop("seed", None)
+    cfg = apply_overrides(cfg, overrides or {})
+    seed = (overrides or {}).get("seed", seed)
+    validate(cfg, str(path))
+    if seed is not None:
+        cfg["seed"] = int(seed)
+    return cfg
+
+
+def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of `cfg` with each `a.b.c: value` override set; unknown keys are errors."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        if key == "seed":
+            continue
+        dotted = resolve_key(key)
+        node = cfg
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown config key {key!r}; known ablation columns: {', '.join(ABLATION_KEYS)}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r}; known ablation columns: {', '.join(ABLATION_KEYS)}")
+        node[parts[-1]] = coerce_like(node[parts[-1]], value, key)
+    return cfg
+
+
+def resolve_key(key: str) -> str:
+    return ABLATION_KEYS.get(key, key.replace("__", "."))
+
+
+def coerce_like(current: Any, value: Any, key: str) -> Any:
+    """Parse a string override into the type of the value it replaces."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError
+            return value.lower() == "true"
+        if isinstance(current, int):
+            f = float(value)
+            return int(f) if f.is_integer() else f
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, (list, dict)):
+            return yaml.safe_load(value)
+    except ValueError:
+        raise ConfigError(f"override {key}={value!r}: expected a {type(current).__name__}") from None
+    return value
+
+
+def parse_setting(setting: str) -> dict[str, str]:
+    """`partial_steps~50/seed~1` -> {"partial_steps": "50", "seed": "1"}."""
+    out: dict[str, str] = {}
+    for part in setting.strip("/").split("/"):
+        if "~" not in part:
+            raise ConfigError(f"setting {setting!r}: segment {part!r} is not name~value")
+        name, value = part.split("~", 1)
+        out[name] = value
+    return out
+
+
+def format_setting(params: dict[str, Any]) -> str:
+    """Inverse of parse_setting (keys keep their order, seed last as Paramspace tables put it)."""
+    items = [(k, v) for k, v in params.items() if k != "seed"]
+    if "seed" in params:
+        items.append(("seed", params["seed"]))
+    return "/".join(f"{k}~{v}" for k, v in items)
+
+
+def setting_config(base: dict, setting: str) -> dict:
+    """The fully resolved config of one experiment cell (base config + the setting's overrides)."""
+    overrides = parse_setting(setting)
+    cfg = apply_overrides({k: v for k, v in base.items() if k != "seed"}, overrides)
+    validate(cfg, f"setting {setting}")
+    cfg["seed"] = int(overrides.get("seed", base.get("seeds", [0])[0]))
+    return cfg

@@ -1,0 +1,113 @@
+"""Atomic writes, JSON/TSV/image helpers and seeding shared by every stage.
+
+Every file a rule promises is written through `atomic_path`: a crash or a kill leaves either the
+old file or no file, never a half-written one that Snakemake would take as done.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`.
+
+    Works for files and directories (whatever the body creates at the temporary path).
+    The temporary name keeps the final suffix so libraries that dispatch on it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # the body creates it (file or directory)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp_path.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_path, path)
+    finally:
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def save_image(path: str | os.PathLike, image: Any) -> None:
+    """Save an image given as a [3,H,W] or [H,W,3] float array in [0,1] (torch or numpy) or uint8."""
+    from PIL import Image
+
+    arr = to_uint8(image)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp)
+
+
+def to_uint8(image: Any) -> np.ndarray:
+    if hasattr(image, "detach"):
+        image = image.detach().float().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a stage re-run reproduces its output."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
