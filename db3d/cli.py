@@ -14,19 +14,27 @@ from .errors import Db3dError
 
 
 def _config(args: argparse.Namespace) -> dict:
+    """The config a command runs with: a file (+ --set overrides), or the JSON a rule passes.
+
+    Rules pass `--config-json` holding only the keys that rule reads (see db3d.workflow), already
+    validated by the Snakefile; a key outside it is a KeyError, never a silent default.
+    """
+    import json
+
     from .config import load_config
 
+    if getattr(args, "config_json", None):
+        return json.loads(args.config_json)
     overrides = dict(kv.split("=", 1) for kv in (getattr(args, "set", None) or []))
     return load_config(args.config, overrides)
 
 
-def cmd_resolve_config(args: argparse.Namespace) -> None:
-    from .config import load_config, setting_config
+def cmd_write_json(args: argparse.Namespace) -> None:
+    import json
+
     from .io import write_json
 
-    base = load_config(args.config)
-    base.pop("seed", None)
-    write_json(args.out, setting_config(base, args.setting))
+    write_json(args.out, json.loads(args.json))
 
 
 def cmd_prompts(args: argparse.Namespace) -> None:
@@ -98,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=None, help="config YAML/JSON (default config/config.yaml)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config key, e.g. --set stage3.recon_weight=0.5")
+        sp.add_argument("--config-json", help="resolved config as JSON (what the Snakemake rules pass)")
         return sp
 
-    sp = sub.add_parser("resolve-config", help="write the resolved config of one setting (experiment cell)")
-    sp.add_argument("--config", default=None)
-    sp.add_argument("--setting", required=True, help="e.g. seed~0 or partial_steps~50/seed~1")
+    sp = sub.add_parser("write-json", help="write a JSON document atomically (a cell's resolved config)")
+    sp.add_argument("--json", required=True)
     sp.add_argument("--out", required=True)
-    sp.set_defaults(func=cmd_resolve_config)
+    sp.set_defaults(func=cmd_write_json)
 
     sp = sub.add_parser("prompts", help="write config/subjects.tsv and config/prompts.tsv from the dataset's text file")
     sp.add_argument("--source", required=True)

@@ -1,0 +1,303 @@
+"""The stages of DreamBooth3D and its baselines, composed from the library modules.
+
+- class priors: prior-preservation images of a class, sampled once per class and backend;
+- DreamBooth: one run writes the *partial* and the *full* checkpoint; the *multi-view* run
+  continues the partial model on the photos + stage-2 pseudo views with view-suffixed prompts;
+- NeRF by score distillation: `stage1` (partial DreamBooth), `stage3` (multi-view DreamBooth +
+  weak reconstruction loss on the pseudo views), `naive` (full DreamBooth, the paper's
+  DreamBooth+Fusion), `latent_nerf` (full DreamBooth, the field renders the denoiser's latents);
+- pseudo views (stage 2): renders of the initial NeRF, noised to `stage2.noise_level` and
+  denoised by the full DreamBooth model, one image per view, saved with their cameras.
+
+Variants are configurations of this one code path (see db3d.workflow.VARIANT_NERF), never copies.
+Every stage is seeded, writes its outputs atomically, and resumes a killed run from its last
+resume state (`.resume.pt` beside the outputs).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import ConfigError, DataError
+from .io import atomic_path, save_image, seed_everything, torch_load, torch_save, write_json
+
+log = logging.getLogger(__name__)
+
+RESUME_EVERY = 25  # NeRF iterations between resume states
+PREVIEW_ELEVATION_DEG = 15.0  # the stage turntables look slightly down on the object
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+def _backend(cfg: dict, checkpoint: Path | None = None):
+    from .diffusion import build_backend
+
+    backend = build_backend(cfg)
+    if checkpoint is not None:
+        backend.load_finetuned(checkpoint)
+    return backend
+
+
+def _prompt(cfg: dict, subject_dir: Path, prompt_id: str):
+    from .data.prompts import get_prompt
+
+    return get_prompt(cfg["dataset"]["prompts_table"], cfg["dataset"]["subjects_table"],
+                      subject_dir.name, prompt_id)
+
+
+def _generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack rows of [N,3,H,W] images (same N, H, W) into one [3, rows*H, N*W] picture."""
+    return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)
+
+
+def load_class_priors(priors_dir: Path, size: int) -> tuple[torch.Tensor, str]:
+    import numpy as np
+    from PIL import Image
+
+    from .io import read_json
+
+    manifest = read_json(priors_dir / "manifest.json")
+    images = []
+    for name in manifest["files"]:
+        img = Image.open(priors_dir / name).convert("RGB").resize((size, size), Image.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0)
+    empty = torch.zeros(0, 3, size, size)
+    return (torch.stack(images) if images else empty), manifest["class_prompt"]
+
+
+# ---- class priors ---------------------------------------------------------------------------------
+
+def class_priors(cfg: dict, class_noun: str, out_dir: Path) -> None:
+    from .dreambooth import generate_class_images
+
+    seed_everything(cfg["seed"])
+    backend = _backend(cfg)
+    class_prompt = f"a {class_noun}"
+    n = cfg["dreambooth"]["num_class_images"]
+    images = generate_class_images(backend, class_prompt, n, cfg["dreambooth"]["class_sample_steps"],
+                                   seed=cfg["seed"]) if n else torch.zeros(0, 3, 1, 1)
+    files = [f"{i:03d}.png" for i in range(len(images))]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name, img in zip(files, images):
+            save_image(tmp / name, img)
+        write_json(tmp / "manifest.json", {
+            "class_noun": class_noun, "class_prompt": class_prompt, "files": files,
+            "backend": cfg["backend"], "num_steps": cfg["dreambooth"]["class_sample_steps"],
+            "seed": cfg["seed"]})
+
+
+# ---- DreamBooth -----------------------------------------------------------------------------------
+
+def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
+               init: Path | None = None, pseudo_views: Path | None = None) -> None:
+    """Partial + full DreamBooth (no `init`), or the multi-view continuation (with `init`)."""
+    from .data.subject import load_subject
+    from .dreambooth import train
+
+    db = cfg["dreambooth"]
+    seed_everything(cfg["seed"])
+    backend = _backend(cfg, init)
+    subject = load_subject(subject_dir, backend.image_size)
+    instance_prompt = f"a {subject.token} {subject.class_noun}"
+    images, prompts = subject.images, [instance_prompt] * len(subject.images)
+    class_images, class_prompt = load_class_priors(priors_dir, backend.image_size)
+
+    if pseudo_views is None:
+        if db["partial_steps"] > db["full_steps"]:
+            raise ConfigError(f"dreambooth.partial_steps ({db['partial_steps']}) exceeds "
+                              f"dreambooth.full_steps ({db['full_steps']}); lower it")
+        steps = db["full_steps"]
+        checkpoints = {db["partial_steps"]: out_dir / "partial.safetensors",
+                       db["full_steps"]: out_dir / "full.safetensors"}
+        losses_path = out_dir / "losses.json"
+    else:
+        views = torch_load(pseudo_views)
+        view_images = F.interpolate(views["images"].float(), size=backend.image_size, mode="bilinear",
+                                    antialias=True, align_corners=False).clamp(0, 1)
+        images = torch.cat([images, view_images])
+        prompts = prompts + [backend.view_prompt(instance_prompt, d) for d in views["directions"]]
+        steps = db["multiview_steps"]
+        checkpoints = {steps: out_dir / "dreambooth_mv.safetensors"}
+        losses_path = out_dir / "dreambooth_mv_losses.json"
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    records = train(backend, images, prompts, class_images, class_prompt, steps=steps,
+                    lr=db["learning_rate"], batch_size=db["batch_size"],
+                    prior_loss_weight=db["prior_loss_weight"], train_text_encoder=db["train_text_encoder"],
+                    lora_rank=db["lora_rank"], seed=cfg["seed"], checkpoints=checkpoints,
+                    resume_path=out_dir / f".resume_{losses_path.stem}.pt")
+    write_json(losses_path, {"stage": "dreambooth" if pseudo_views is None else "dreambooth_multiview",
+                             "steps": records, "wall_time_s": time.time() - start,
+                             "num_instance_images": len(images), "instance_prompts": sorted(set(prompts))})
+
+
+# ---- NeRF by score distillation --------------------------------------------------------------------
+
+def _shading(cfg: dict, generator: torch.Generator, latent: bool) -> str:
+    """DreamFusion's random shading: albedo-only, textureless or Lambertian, at the set ratios."""
+    if latent:
+        return "albedo"  # latent features are not colours: never shaded
+    s = cfg["nerf"]["shading"]
+    u = torch.rand((), generator=generator).item()
+    if u < s["albedo_ratio"]:
+        return "albedo"
+    if u < s["albedo_ratio"] + s["textureless_ratio"]:
+        return "textureless"
+    return "lambertian"
+
+
+def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subject_dir: Path,
+             out_dir: Path, pseudo_views: Path | None = None) -> None:
+    from .guidance import ScoreDistillation
+    from .nerf import build_field, render, sample_cameras, save_nerf, view_direction
+
+    seed_everything(cfg["seed"])
+    backend = _backend(cfg, dreambooth_ckpt)
+    prompt = _prompt(cfg, subject_dir, prompt_id)
+    latent = stage == "latent_nerf"
+    if latent and not backend.is_latent:
+        raise ConfigError(f"latent_nerf needs a latent-space backend; backend {cfg['backend']!r} works in "
+                          "pixels (use backend sd, or tiny with models.tiny_space: latent, or drop latent_nerf "
+                          "from variants)")
+    if stage == "stage3" and pseudo_views is None:
+        raise ConfigError("stage3 needs --pseudo-views (the stage-2 output)")
+
+    device = backend.device
+    field, background = build_field(cfg["nerf"], out_channels=backend.model_channels if latent else 3)
+    field, background = field.to(device), background.to(device)
+    params = list(field.parameters()) + list(background.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg["sds"]["learning_rate"], betas=(0.9, 0.99), eps=1e-15)
+    iters = cfg[stage]["iters"]
+    sds = ScoreDistillation(backend, cfg["sds"], iters)
+    res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
+
+    with torch.no_grad():
+        uncond = backend.encode_text([""])
+        cond = {d: backend.encode_text([backend.view_prompt(prompt.text, d)])
+                for d in ("front", "side", "back", "overhead")}
+
+    recon_weight = cfg["stage3"]["recon_weight"] if stage == "stage3" else 0.0
+    if recon_weight > 0:
+        views = torch_load(pseudo_views)
+        view_cams = views["cameras"].to(device)
+        view_targets = F.interpolate(views["images"].float(), size=res, mode="bilinear", antialias=True,
+                                     align_corners=False).to(device)
+
+    reg = cfg["nerf"]["regularisers"]
+    generator = _generator(cfg["seed"])
+    resume_path = out_dir / ".resume.pt"
+    records: list[dict] = []
+    start_step, elapsed = 0, 0.0
+    if resume_path.exists():
+        state = torch_load(resume_path)
+        field.load_state_dict(state["field"])
+        background.load_state_dict(state["background"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
+        log.info("resuming %s from step %d", stage, start_step)
+
+    start = time.time() - elapsed
+    for step in tqdm(range(start_step, iters), desc=f"{stage} {subject_dir.name}/{prompt_id}",
+                     initial=start_step, total=iters, mininterval=5):
+        cams = sample_cameras(1, cfg["nerf"]["camera"], generator).to(device)
+        shading = _shading(cfg, generator, latent)
+        out = render(field, background, cams, res, res, shading=shading,
+                     ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                     generator=generator)
+        direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
+        loss_sds, info = sds(out.image, cond[direction], uncond, step, generator=None, latent=latent)
+        loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
+                              if reg[k] > 0 and k in out.losses)
+        record = {"step": step, "sds": float(loss_sds), "t": int(info["t"]) if "t" in info else None,
+                  "direction": direction, "shading": shading}
+        if recon_weight > 0:
+            i = int(torch.randint(len(view_cams), (1,), generator=generator))
+            view = render(field, background, view_cams[i:i + 1], res, res, shading="albedo",
+                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                          generator=generator)
+            loss_recon = F.mse_loss(view.image, view_targets[i:i + 1])
+            loss = loss + recon_weight * loss_recon
+            record["recon"] = float(loss_recon)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record["loss"] = float(loss)
+        records.append(record)
+        if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
+            torch_save({"field": field.state_dict(), "background": background.state_dict(),
+                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "step": step + 1, "records": records,
+                        "elapsed": time.time() - start}, resume_path)
+
+    meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,
+            "latent": latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"]}
+    save_nerf(out_dir / "nerf.pt", field, background, meta)
+    _save_turntable(cfg, backend, field, background, latent, out_dir / "turntable.png")
+    write_json(out_dir / "losses.json", {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
+                                         "meta": meta})
+    resume_path.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def _save_turntable(cfg: dict, backend, field, background, latent: bool, path: Path, n: int = 8) -> None:
+    """A strip of albedo renders around the object (decoded through the VAE for latent fields)."""
+    from .nerf import orbit_cameras, render
+
+    camera = cfg["nerf"]["camera"]
+    cams = orbit_cameras(n, sum(camera["radius"]) / 2, PREVIEW_ELEVATION_DEG,
+                         sum(camera["fov_deg"]) / 2).to(backend.device)
+    res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
+    out = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
+                 num_samples=cfg["nerf"]["num_samples"], train=False)
+    images = backend.decode(out.image) if latent else out.image
+    save_image(path, image_grid([images.float().cpu().clamp(0, 1)]))
+
+
+# ---- stage 2: pseudo multi-view images -------------------------------------------------------------
+
+def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: str, subject_dir: Path,
+                 out_dir: Path) -> None:
+    from .nerf import load_nerf, orbit_cameras, render, view_direction
+
+    s2 = cfg["stage2"]
+    seed_everything(cfg["seed"])
+    backend = _backend(cfg, dreambooth_ckpt)
+    prompt = _prompt(cfg, subject_dir, prompt_id)
+    field, background, meta = load_nerf(nerf_path)
+    if meta.get("latent"):
+        raise DataError(f"{nerf_path} is a latent NeRF; stage 2 needs the RGB stage-1 NeRF")
+    field, background = field.to(backend.device), background.to(backend.device)
+    fov = sum(cfg["nerf"]["camera"]["fov_deg"]) / 2
+    cams = orbit_cameras(s2["num_views"], s2["radius"], s2["elevation_deg"], fov).to(backend.device)
+    res = cfg["nerf"]["render_resolution"]
+    with torch.no_grad():
+        renders = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
+                         num_samples=cfg["nerf"]["num_samples"], train=False).image.clamp(0, 1)
+    directions = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)]
+    prompts = [backend.view_prompt(prompt.text, d) for d in directions]
+    generator = _generator(cfg["seed"], backend.device)
+    images = []
+    for i in tqdm(range(0, len(prompts), s2["batch_size"]), desc="img2img", mininterval=5):
+        chunk = slice(i, i + s2["batch_size"])
+        images.append(backend.sample(prompts[chunk], s2["sample_steps"], s2["guidance_scale"], generator,
+                                     init_images=renders[chunk], strength=s2["noise_level"]).float().cpu())
+    images = torch.cat(images)
+    renders_up = F.interpolate(renders.float().cpu(), size=images.shape[-1], mode="nearest")
+    with atomic_path(out_dir / "pseudo_views.pt") as tmp:
+        torch.save({"images": images, "renders": renders.cpu(), "cameras": cams.to("cpu"),
+                    "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"],
+                    "meta": {"prompt_id": prompt_id, "subject": subject_dir.name, "seed": cfg["seed"]}}, tmp)
+    save_image(out_dir / "pseudo_views.png", image_grid([renders_up, images]))

@@ -1,0 +1,140 @@
+# The method: class priors -> DreamBooth (partial, full) -> stage 1 NeRF -> stage 2 pseudo views
+# -> stage 3 multi-view DreamBooth -> stage 3 NeRF, and the baselines (naive, latent_nerf).
+# Folders are keyed by the part of the setting each stage depends on (wf.stage_setting), so an
+# ablation cell reuses every upstream result it shares with another cell.
+
+GPU = {"gpu": wf.gpu_count(config)}
+
+
+rule class_priors:
+    output:
+        "cache/{backend}/class_priors/{cls}/manifest.json",
+    params:
+        cfg=lambda w: wf.rule_config(config, None, wf.STAGE_KEYS["class_priors"]),
+        class_noun=lambda w: wf.class_noun(config, w.cls),
+    log:
+        "logs/class_priors/{backend}/{cls}.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d class-priors --config-json {params.cfg:q} --class-noun {params.class_noun:q}"
+        " --out $(dirname {output}) > {log} 2>&1"
+
+
+rule dreambooth:
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
+    output:
+        partial="runs/{setting}/{subject}/dreambooth/partial.safetensors",
+        full="runs/{setting}/{subject}/dreambooth/full.safetensors",
+        losses="runs/{setting}/{subject}/dreambooth/losses.json",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, "dreambooth"),
+    log:
+        "logs/{setting}/{subject}/dreambooth.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d dreambooth --config-json {params.cfg:q} --subject-dir $(dirname {input.subject})"
+        " --priors $(dirname {input.priors}) --out-dir $(dirname {output.losses}) > {log} 2>&1"
+
+
+rule nerf_stage1:
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
+    output:
+        nerf="runs/{setting}/{subject}/{prompt_id}/stage1/nerf.pt",
+        losses="runs/{setting}/{subject}/{prompt_id}/stage1/losses.json",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage1"),
+    log:
+        "logs/{setting}/{subject}/{prompt_id}/stage1.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d nerf --stage stage1 --config-json {params.cfg:q} --dreambooth {input.dreambooth}"
+        " --subject-dir $(dirname {input.subject}) --prompt-id {wildcards.prompt_id}"
+        " --out-dir $(dirname {output.nerf}) > {log} 2>&1"
+
+
+rule pseudo_views:
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        nerf=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage1')}/{w.subject}/{w.prompt_id}/stage1/nerf.pt",
+        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
+    output:
+        views="runs/{setting}/{subject}/{prompt_id}/stage2/pseudo_views.pt",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage2"),
+    log:
+        "logs/{setting}/{subject}/{prompt_id}/stage2.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d pseudo-views --config-json {params.cfg:q} --nerf {input.nerf}"
+        " --dreambooth {input.dreambooth} --subject-dir $(dirname {input.subject})"
+        " --prompt-id {wildcards.prompt_id} --out-dir $(dirname {output.views}) > {log} 2>&1"
+
+
+rule dreambooth_multiview:
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
+        init=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
+        views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
+    output:
+        model="runs/{setting}/{subject}/{prompt_id}/stage3/dreambooth_mv.safetensors",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, "multiview"),
+    log:
+        "logs/{setting}/{subject}/{prompt_id}/dreambooth_multiview.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d dreambooth --config-json {params.cfg:q} --subject-dir $(dirname {input.subject})"
+        " --priors $(dirname {input.priors}) --init {input.init} --pseudo-views {input.views}"
+        " --out-dir $(dirname {output.model}) > {log} 2>&1"
+
+
+rule nerf_stage3:
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'multiview')}/{w.subject}/{w.prompt_id}/stage3/dreambooth_mv.safetensors",
+        views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
+    output:
+        nerf="runs/{setting}/{subject}/{prompt_id}/stage3/nerf.pt",
+        losses="runs/{setting}/{subject}/{prompt_id}/stage3/losses.json",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage3"),
+    log:
+        "logs/{setting}/{subject}/{prompt_id}/stage3.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d nerf --stage stage3 --config-json {params.cfg:q} --dreambooth {input.dreambooth}"
+        " --pseudo-views {input.views} --subject-dir $(dirname {input.subject})"
+        " --prompt-id {wildcards.prompt_id} --out-dir $(dirname {output.nerf}) > {log} 2>&1"
+
+
+rule nerf_baseline:
+    # naive = DreamBooth+Fusion (full DreamBooth -> one SDS NeRF); latent_nerf = the same in latent space
+    input:
+        subject="data/subjects/{subject}/meta.json",
+        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
+    output:
+        nerf="runs/{setting}/{subject}/{prompt_id}/{baseline}/nerf.pt",
+        losses="runs/{setting}/{subject}/{prompt_id}/{baseline}/losses.json",
+    wildcard_constraints:
+        baseline="naive|latent_nerf",
+    params:
+        cfg=lambda w: wf.stage_rule_config(config, w.setting, w.baseline),
+    log:
+        "logs/{setting}/{subject}/{prompt_id}/{baseline}.log",
+    resources:
+        **GPU,
+    shell:
+        "python -m db3d nerf --stage {wildcards.baseline} --config-json {params.cfg:q}"
+        " --dreambooth {input.dreambooth} --subject-dir $(dirname {input.subject})"
+        " --prompt-id {wildcards.prompt_id} --out-dir $(dirname {output.nerf}) > {log} 2>&1"

@@ -1,0 +1,115 @@
+"""The Snakemake graph: lint, dry runs (default, ablations, profiles) and the cache keys."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from db3d import workflow as wf
+from db3d.config import load_config, parse_setting
+from db3d.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(SNAKEMAKE + list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_lint_is_clean():
+    res = snakemake("--lint")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
+
+
+def test_dry_run_default_builds_every_stage_for_every_variant():
+    res = snakemake("-n", "--quiet", "rules", "reports/main.pdf", "--forceall")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    cfg = load_config()
+    n_runs = len(wf.subjects(cfg)) * cfg["dataset"]["prompts_per_subject"]
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["dataset"] == len(wf.subjects(cfg))
+    assert counts["dreambooth"] == len(wf.subjects(cfg))
+    for rule in ("nerf_stage1", "pseudo_views", "dreambooth_multiview", "nerf_stage3"):
+        assert counts[rule] == n_runs, rule
+    assert counts["nerf_baseline"] == 2 * n_runs  # naive + latent_nerf
+    assert counts["evaluate"] == 4 * n_runs
+    assert counts["report"] == 1
+
+
+def test_ablation_reuses_upstream_stages():
+    """The recon-weight sweep adds stage-3 NeRFs and evaluations, never DreamBooth or stage 1."""
+    base = snakemake("-n", "--quiet", "rules", "reports/main.pdf", "--forceall")
+    abl = snakemake("-n", "--quiet", "rules", "reports/main.pdf", "--forceall",
+                    "--config", "ablations=[recon_weight]")
+    assert abl.returncode == 0, abl.stderr
+
+    def counts(res):
+        return {line.split()[0]: int(line.split()[1]) for line in (res.stdout + res.stderr).splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+    b, a = counts(base), counts(abl)
+    for rule in ("dreambooth", "nerf_stage1", "pseudo_views", "dreambooth_multiview", "class_priors"):
+        assert a[rule] == b[rule], rule
+    assert a["nerf_stage3"] == b["nerf_stage3"] + 4 * b["nerf_stage3"]  # 4 weights in the table
+
+
+@pytest.mark.parametrize("profile", ["default", "slurm", "kubernetes"])
+def test_profiles_parse(profile):
+    res = snakemake("-n", "--profile", f"profiles/{profile}", "reports/main.pdf", "--forceall", "--quiet")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_stage_setting_keeps_only_what_a_stage_depends_on():
+    setting = "recon_weight~0.1/partial_steps~50/seed~2"
+    assert wf.stage_setting(setting, "dreambooth") == "partial_steps~50/seed~2"
+    assert wf.stage_setting(setting, "stage1") == "partial_steps~50/seed~2"
+    assert wf.stage_setting(setting, "stage3") == "recon_weight~0.1/partial_steps~50/seed~2"
+    assert wf.stage_setting("noise_level~0.7/seed~0", "stage1") == "seed~0"
+    assert wf.stage_setting("noise_level~0.7/seed~0", "stage2") == "noise_level~0.7/seed~0"
+    assert wf.stage_setting("multiview_steps~0/seed~0", "stage2") == "seed~0"
+    assert wf.stage_setting("multiview_steps~0/seed~0", "stage3") == "multiview_steps~0/seed~0"
+
+
+def test_rule_config_holds_only_the_rules_keys_and_the_setting():
+    cfg = load_config()
+    got = json.loads(wf.stage_rule_config(cfg, "recon_weight~0.25/seed~3", "stage3"))
+    assert got["stage3"]["recon_weight"] == 0.25 and got["seed"] == 3
+    assert "report" not in got and "eval" not in got
+    priors = json.loads(wf.rule_config(cfg, None, wf.STAGE_KEYS["class_priors"]))
+    assert set(priors["dreambooth"]) == {"num_class_images", "class_sample_steps"}
+
+
+def test_ablation_settings_cross_seeds():
+    cfg = dict(load_config(), seeds=[0, 1], ablations=["recon_weight"])
+    cells = wf.ablation_settings(cfg, REPO / "ablations")
+    assert len(cells) == 8
+    assert "recon_weight~0.1/seed~1" in cells
+    assert parse_setting(cells[0]) == {"recon_weight": "0.0", "seed": "0"}
+
+
+def test_bad_config_value_is_one_line_naming_the_key(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["stage3"]["recon_weight"] = -1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"stage3\.recon_weight: -1 is less than the minimum"):
+        load_config(path)
+    res = snakemake("-n", "--configfile", str(path), "--quiet")
+    assert res.returncode != 0
+    assert "recon_weight" in res.stdout + res.stderr
+
+
+def test_unknown_ablation_column_is_an_error():
+    with pytest.raises(ConfigError, match="unknown config key 'recon_wieght'"):
+        wf.resolved(load_config(), "recon_wieght~1/seed~0")
