@@ -1,0 +1,136 @@
+"""Every variant end to end for a few steps on CPU with the tiny backend (nerfstudio's 2-step test),
+and a killed NeRF run resuming to the same result as an uninterrupted one."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from db3d import stages
+from db3d.config import load_config
+from db3d.data.build import build_subject
+from db3d.io import read_json, torch_load
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def small_config() -> dict:
+    cfg = load_config()
+    cfg["seed"] = 0
+    cfg["device"] = "cpu"
+    cfg["dreambooth"].update(partial_steps=1, full_steps=2, multiview_steps=2, num_class_images=2,
+                             class_sample_steps=2)
+    cfg["nerf"].update(render_resolution=16, num_samples=16, grid_resolution=16)
+    for stage in ("stage1", "stage3", "naive", "latent_nerf"):
+        cfg[stage]["iters"] = 2
+    cfg["stage2"].update(num_views=2, sample_steps=2, batch_size=2)
+    cfg["eval"].update(num_views=2, resolution=32)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A synthetic 'dog' subject (3 coloured-blob photos) built by the dataset code."""
+    root = tmp_path_factory.mktemp("stages")
+    src = root / "source" / "dog"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = np.full((96, 96, 3), 230, np.uint8)
+        img[24:72, 20 + i * 4:68 + i * 4] = rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(img).save(src / f"{i:02d}.jpg")
+    build_subject(root / "source", "dog", root / "data" / "dog", resolutions=(64,), min_images=3)
+    return root
+
+
+def test_every_variant_runs_end_to_end(run_dir):
+    cfg = small_config()
+    subject = run_dir / "data" / "dog"
+    priors, db, pid = run_dir / "priors", run_dir / "db", "plain"
+    from db3d.data.prompts import subject_prompt_ids
+
+    pid = subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
+    stages.class_priors(cfg, "dog", priors)
+    assert len(read_json(priors / "manifest.json")["files"]) == 2
+
+    stages.dreambooth(cfg, subject, priors, db)
+    assert (db / "partial.safetensors").exists() and (db / "full.safetensors").exists()
+    assert len(read_json(db / "losses.json")["steps"]) == 2
+
+    stages.fit_nerf(cfg, "stage1", db / "partial.safetensors", pid, subject, run_dir / "stage1")
+    stages.pseudo_views(cfg, run_dir / "stage1" / "nerf.pt", db / "full.safetensors", pid, subject,
+                        run_dir / "stage2")
+    views = torch_load(run_dir / "stage2" / "pseudo_views.pt")
+    assert views["images"].shape[0] == 2 and len(views["directions"]) == 2
+    assert (run_dir / "stage2" / "pseudo_views.png").exists()
+
+    stages.dreambooth(cfg, subject, priors, run_dir / "stage3", init=db / "partial.safetensors",
+                      pseudo_views=run_dir / "stage2" / "pseudo_views.pt")
+    assert (run_dir / "stage3" / "dreambooth_mv.safetensors").exists()
+    mv = read_json(run_dir / "stage3" / "dreambooth_mv_losses.json")
+    assert any("view" in p for p in mv["instance_prompts"])  # pseudo views carry their direction
+
+    stages.fit_nerf(cfg, "stage3", run_dir / "stage3" / "dreambooth_mv.safetensors", pid, subject,
+                    run_dir / "stage3", pseudo_views=run_dir / "stage2" / "pseudo_views.pt")
+    stages.fit_nerf(cfg, "naive", db / "full.safetensors", pid, subject, run_dir / "naive")
+    stages.fit_nerf(cfg, "latent_nerf", db / "full.safetensors", pid, subject, run_dir / "latent_nerf")
+
+    for stage in ("stage1", "stage3", "naive", "latent_nerf"):
+        losses = read_json(run_dir / stage / "losses.json")
+        assert len(losses["steps"]) == 2
+        assert all(math.isfinite(s["loss"]) for s in losses["steps"]), stage
+        assert (run_dir / stage / "turntable.png").exists()
+        assert not (run_dir / stage / ".resume.pt").exists()
+    assert all("recon" in s for s in read_json(run_dir / "stage3" / "losses.json")["steps"])
+
+    from db3d.eval import evaluate
+
+    for variant, stage in (("dreambooth3d", "stage3"), ("latent_nerf", "latent_nerf")):
+        out = run_dir / "eval" / variant
+        evaluate(cfg, run_dir / stage / "nerf.pt", subject, pid, variant, "seed~0", out)
+        text = (out / "metrics.tsv").read_text()
+        assert "r_precision" in text.lower() or "rprecision" in text.lower()
+
+
+def test_killed_nerf_run_resumes_to_the_same_result(run_dir, monkeypatch):
+    cfg = small_config()
+    cfg["stage1"]["iters"] = 6
+    monkeypatch.setattr(stages, "RESUME_EVERY", 3)
+    subject = run_dir / "data" / "dog"
+    from db3d.data.prompts import subject_prompt_ids
+
+    pid = subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
+    ckpt = run_dir / "db" / "partial.safetensors"
+    if not ckpt.exists():
+        pytest.skip("needs the DreamBooth checkpoint of test_every_variant_runs_end_to_end")
+    stages.fit_nerf(cfg, "stage1", ckpt, pid, subject, run_dir / "straight")
+
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        stages.fit_nerf(cfg, "stage1", ckpt, pid, subject, run_dir / "resumed")
+    assert (run_dir / "resumed" / ".resume.pt").exists()
+    assert not (run_dir / "resumed" / "nerf.pt").exists()
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    stages.fit_nerf(cfg, "stage1", ckpt, pid, subject, run_dir / "resumed")
+
+    a = torch_load(run_dir / "straight" / "nerf.pt")
+    b = torch_load(run_dir / "resumed" / "nerf.pt")
+    sa, sb = a["field"], b["field"]
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    la = [s["loss"] for s in read_json(run_dir / "straight" / "losses.json")["steps"]]
+    lb = [s["loss"] for s in read_json(run_dir / "resumed" / "losses.json")["steps"]]
+    assert la == pytest.approx(lb, rel=1e-5)
