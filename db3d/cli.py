@@ -79,7 +79,7 @@ def cmd_pseudo_views(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .stages import evaluate
+    from .eval import evaluate
 
     evaluate(_config(args), Path(args.nerf), Path(args.subject_dir), args.prompt_id, args.variant,
              args.setting, Path(args.out_dir))

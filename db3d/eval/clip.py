@@ -5,7 +5,7 @@ weights (the models the DreamBooth3D paper evaluates with: ViT-B/16, ViT-B/32, V
 config entry may also be `NAME=/path/to/checkpoint` (an open_clip state dict, e.g.
 `open_clip_pytorch_model.bin`), which is loaded instead of the hub weights. If the weights cannot
 be had (no network, empty cache) it raises `ModelNotFoundError` with one line saying how to
-provide them.
+provide them. `DB3D_CLIP_CACHE` (optional) names the download/cache folder passed to open_clip.
 
 `load_clip("ViT-B-16", offline_tiny=True)` (used when `cfg["backend"] == "tiny"`) builds a
 small CLIP *with random weights* from an open_clip config written here (ViT width 64, 2 layers,
@@ -122,7 +122,8 @@ def _split_entry(entry: str) -> tuple[str, str | None]:
 
 
 def _fail(name: str, why: str) -> ModelNotFoundError:
-    why = " ".join(str(why).split())[:300]
+    why = " ".join(str(why).split())
+    why = why if len(why) <= 200 else why[:199] + "\u2026"
     return ModelNotFoundError(
         f"CLIP model {name} (open_clip, pretrained='openai') is not available ({why}); provide it by "
         f"running once online to fill the Hugging Face cache (HF_HOME, then HF_HUB_OFFLINE=1 uses only the "
