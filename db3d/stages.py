@@ -54,6 +54,17 @@ def _generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _scalar(value):
+    """A JSON-able number from a tensor/list/number (SDS reports t per batch element)."""
+    if value is None:
+        return None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return value[0] if len(value) == 1 else list(value)
+    return value
+
+
 def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
     """Stack rows of [N,3,H,W] images (same N, H, W) into one [3, rows*H, N*W] picture."""
     return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)
@@ -221,7 +232,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
         loss_sds, info = sds(out.image, cond[direction], uncond, step, generator=None, latent=latent)
         loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
                               if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "sds": float(loss_sds), "t": int(info["t"]) if "t" in info else None,
+        record = {"step": step, "sds": float(loss_sds), "t": _scalar(info.get("t")),
                   "direction": direction, "shading": shading}
         if recon_weight > 0:
             i = int(torch.randint(len(view_cams), (1,), generator=generator))

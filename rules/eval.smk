@@ -13,6 +13,8 @@ rule evaluate:
         "logs/{setting}/{subject}/{prompt_id}/eval_{variant}.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d evaluate --config-json {params.cfg:q} --nerf {input.nerf}"
         " --subject-dir $(dirname {input.subject}) --prompt-id {wildcards.prompt_id}"
@@ -27,6 +29,8 @@ rule collect_metrics:
         "results/metrics.tsv",
     log:
         "logs/collect_metrics.log",
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d collect-metrics {input:q} --out {output} > {log} 2>&1"
 
@@ -39,6 +43,8 @@ rule cell_config:
         cfg=lambda w: json.dumps(wf.resolved(config, w.setting), sort_keys=True),
     log:
         "logs/{setting}/cell_config.log",
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d write-json --json {params.cfg:q} --out {output} > {log} 2>&1"
 
@@ -53,6 +59,8 @@ rule report:
         cfg=lambda w: json.dumps(wf.resolved(config, MAIN_SETTINGS[0]), sort_keys=True),
     log:
         "logs/report.log",
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d report --config-json {params.cfg:q} --metrics {input.metrics} --runs runs"
         " --out {output} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule class_priors:
         "logs/class_priors/{backend}/{cls}.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d class-priors --config-json {params.cfg:q} --class-noun {params.class_noun:q}"
         " --out $(dirname {output}) > {log} 2>&1"
@@ -35,6 +37,8 @@ rule dreambooth:
         "logs/{setting}/{subject}/dreambooth.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d dreambooth --config-json {params.cfg:q} --subject-dir $(dirname {input.subject})"
         " --priors $(dirname {input.priors}) --out-dir $(dirname {output.losses}) > {log} 2>&1"
@@ -53,6 +57,8 @@ rule nerf_stage1:
         "logs/{setting}/{subject}/{prompt_id}/stage1.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d nerf --stage stage1 --config-json {params.cfg:q} --dreambooth {input.dreambooth}"
         " --subject-dir $(dirname {input.subject}) --prompt-id {wildcards.prompt_id}"
@@ -72,6 +78,8 @@ rule pseudo_views:
         "logs/{setting}/{subject}/{prompt_id}/stage2.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d pseudo-views --config-json {params.cfg:q} --nerf {input.nerf}"
         " --dreambooth {input.dreambooth} --subject-dir $(dirname {input.subject})"
@@ -92,6 +100,8 @@ rule dreambooth_multiview:
         "logs/{setting}/{subject}/{prompt_id}/dreambooth_multiview.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d dreambooth --config-json {params.cfg:q} --subject-dir $(dirname {input.subject})"
         " --priors $(dirname {input.priors}) --init {input.init} --pseudo-views {input.views}"
@@ -112,6 +122,8 @@ rule nerf_stage3:
         "logs/{setting}/{subject}/{prompt_id}/stage3.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d nerf --stage stage3 --config-json {params.cfg:q} --dreambooth {input.dreambooth}"
         " --pseudo-views {input.views} --subject-dir $(dirname {input.subject})"
@@ -134,6 +146,8 @@ rule nerf_baseline:
         "logs/{setting}/{subject}/{prompt_id}/{baseline}.log",
     resources:
         **GPU,
+    conda:
+        "../envs/gpu.yaml"
     shell:
         "python -m db3d nerf --stage {wildcards.baseline} --config-json {params.cfg:q}"
         " --dreambooth {input.dreambooth} --subject-dir $(dirname {input.subject})"
