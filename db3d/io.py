@@ -104,10 +104,18 @@ def to_uint8(image: Any) -> np.ndarray:
     return arr
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a stage re-run reproduces its output."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a stage re-run reproduces its output.
+
+    `deterministic` also selects torch's deterministic kernels: without it the NeRF grid's
+    scatter-add backward sums in thread order and two runs of one seed drift apart (~1e-5 after a
+    few steps), which breaks bit-exact resumption. Ops with no deterministic kernel only warn.
+    """
     import torch
 
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -172,6 +172,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
              out_dir: Path, pseudo_views: Path | None = None) -> None:
     from .guidance import ScoreDistillation
     from .nerf import build_field, render, sample_cameras, save_nerf, view_direction
+    from .nerf.render import make_estimator, nerfacc_cuda_available, update_estimator
 
     seed_everything(cfg["seed"])
     backend = _backend(cfg, dreambooth_ckpt)
@@ -205,6 +206,12 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
         view_targets = F.interpolate(views["images"].float(), size=res, mode="bilinear", antialias=True,
                                      align_corners=False).to(device)
 
+    # On CUDA, nerfacc's occupancy grid skips empty space (updated every step as in its examples);
+    # on CPU the plain-PyTorch sampler marches every ray.
+    estimator = None
+    if device.type == "cuda" and nerfacc_cuda_available():
+        estimator = make_estimator(cfg["nerf"]["bound"], device=device)
+
     reg = cfg["nerf"]["regularisers"]
     generator = _generator(cfg["seed"])
     resume_path = out_dir / ".resume.pt"
@@ -215,6 +222,8 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
         field.load_state_dict(state["field"])
         background.load_state_dict(state["background"])
         optimizer.load_state_dict(state["optimizer"])
+        if estimator is not None and state.get("estimator") is not None:
+            estimator.load_state_dict(state["estimator"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
@@ -223,33 +232,37 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
     start = time.time() - elapsed
     for step in tqdm(range(start_step, iters), desc=f"{stage} {subject_dir.name}/{prompt_id}",
                      initial=start_step, total=iters, mininterval=5):
+        if estimator is not None:
+            update_estimator(estimator, field, step, num_samples=cfg["nerf"]["num_samples"])
         cams = sample_cameras(1, cfg["nerf"]["camera"], generator).to(device)
         shading = _shading(cfg, generator, latent)
         out = render(field, background, cams, res, res, shading=shading,
                      ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                     generator=generator)
+                     estimator=estimator, generator=generator,
+                     normals=shading != "albedo" or reg["orientation"] > 0)
         direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
         loss_sds, info = sds(out.image, cond[direction], uncond, step, generator=None, latent=latent)
         loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
                               if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "sds": float(loss_sds), "t": _scalar(info.get("t")),
+        record = {"step": step, "sds": loss_sds.item(), "t": _scalar(info.get("t")),
                   "direction": direction, "shading": shading}
         if recon_weight > 0:
             i = int(torch.randint(len(view_cams), (1,), generator=generator))
             view = render(field, background, view_cams[i:i + 1], res, res, shading="albedo",
                           ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                          generator=generator)
+                          estimator=estimator, generator=generator, normals=False)
             loss_recon = F.mse_loss(view.image, view_targets[i:i + 1])
             loss = loss + recon_weight * loss_recon
-            record["recon"] = float(loss_recon)
+            record["recon"] = loss_recon.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        record["loss"] = float(loss)
+        record["loss"] = loss.item()
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
             torch_save({"field": field.state_dict(), "background": background.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                        "estimator": estimator.state_dict() if estimator is not None else None,
                         "torch_rng": torch.get_rng_state(), "step": step + 1, "records": records,
                         "elapsed": time.time() - start}, resume_path)
 
@@ -272,7 +285,7 @@ def _save_turntable(cfg: dict, backend, field, background, latent: bool, path: P
                          sum(camera["fov_deg"]) / 2).to(backend.device)
     res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
     out = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
-                 num_samples=cfg["nerf"]["num_samples"], train=False)
+                 num_samples=cfg["nerf"]["num_samples"], train=False, normals=False)
     images = backend.decode(out.image) if latent else out.image
     save_image(path, image_grid([images.float().cpu().clamp(0, 1)]))
 
@@ -296,7 +309,7 @@ def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: s
     res = cfg["nerf"]["render_resolution"]
     with torch.no_grad():
         renders = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
-                         num_samples=cfg["nerf"]["num_samples"], train=False).image.clamp(0, 1)
+                         num_samples=cfg["nerf"]["num_samples"], train=False, normals=False).image.clamp(0, 1)
     directions = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)]
     prompts = [backend.view_prompt(prompt.text, d) for d in directions]
     generator = _generator(cfg["seed"], backend.device)

@@ -47,17 +47,26 @@ def run_dir(tmp_path_factory):
     return root
 
 
-def test_every_variant_runs_end_to_end(run_dir):
+@pytest.fixture(scope="module")
+def trained(run_dir):
+    """Class priors and the partial/full DreamBooth checkpoints every NeRF stage starts from."""
     cfg = small_config()
-    subject = run_dir / "data" / "dog"
-    priors, db, pid = run_dir / "priors", run_dir / "db", "plain"
+    stages.class_priors(cfg, "dog", run_dir / "priors")
+    stages.dreambooth(cfg, run_dir / "data" / "dog", run_dir / "priors", run_dir / "db")
+    return run_dir
+
+
+def first_prompt_id(cfg: dict) -> str:
     from db3d.data.prompts import subject_prompt_ids
 
-    pid = subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
-    stages.class_priors(cfg, "dog", priors)
-    assert len(read_json(priors / "manifest.json")["files"]) == 2
+    return subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
 
-    stages.dreambooth(cfg, subject, priors, db)
+
+def test_every_variant_runs_end_to_end(trained):
+    cfg, run_dir = small_config(), trained
+    subject = run_dir / "data" / "dog"
+    priors, db, pid = run_dir / "priors", run_dir / "db", first_prompt_id(cfg)
+    assert len(read_json(priors / "manifest.json")["files"]) == 2
     assert (db / "partial.safetensors").exists() and (db / "full.safetensors").exists()
     assert len(read_json(db / "losses.json")["steps"]) == 2
 
@@ -96,17 +105,12 @@ def test_every_variant_runs_end_to_end(run_dir):
         assert "r_precision" in text.lower() or "rprecision" in text.lower()
 
 
-def test_killed_nerf_run_resumes_to_the_same_result(run_dir, monkeypatch):
-    cfg = small_config()
+def test_killed_nerf_run_resumes_to_the_same_result(trained, monkeypatch):
+    cfg, run_dir = small_config(), trained
     cfg["stage1"]["iters"] = 6
     monkeypatch.setattr(stages, "RESUME_EVERY", 3)
-    subject = run_dir / "data" / "dog"
-    from db3d.data.prompts import subject_prompt_ids
-
-    pid = subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
+    subject, pid = run_dir / "data" / "dog", first_prompt_id(cfg)
     ckpt = run_dir / "db" / "partial.safetensors"
-    if not ckpt.exists():
-        pytest.skip("needs the DreamBooth checkpoint of test_every_variant_runs_end_to_end")
     stages.fit_nerf(cfg, "stage1", ckpt, pid, subject, run_dir / "straight")
 
     real_step = torch.optim.Adam.step
@@ -128,7 +132,7 @@ def test_killed_nerf_run_resumes_to_the_same_result(run_dir, monkeypatch):
 
     a = torch_load(run_dir / "straight" / "nerf.pt")
     b = torch_load(run_dir / "resumed" / "nerf.pt")
-    sa, sb = a["field"], b["field"]
+    sa, sb = a["field"]["state"], b["field"]["state"]
     for k in sa:
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
     la = [s["loss"] for s in read_json(run_dir / "straight" / "losses.json")["steps"]]
