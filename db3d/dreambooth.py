@@ -1,0 +1,167 @@
+"""DreamBooth fine-tuning (Ruiz et al. 2023) with class-prior preservation, on any `DiffusionBackend`.
+
+As diffusers' examples/dreambooth/train_dreambooth.py: each step concatenates `batch_size` instance
+images (with their prompts, e.g. "a sks dog" or, in multi-view DreamBooth, "a sks dog, side view")
+and `batch_size` class-prior images ("a dog") into ONE forward pass, and minimises
+`instance MSE + prior_loss_weight * prior MSE` with AdamW (weight decay 1e-2, grad-norm clip 1).
+
+Determinism: all randomness of step s (which images, noise, t, VAE posterior sample) is drawn
+from a generator seeded by (seed, s), so a run is reproducible from its seed alone and a resumed
+run is bit-identical to an uninterrupted one without having to restore RNG streams mid-epoch.
+
+Resume: every `resume_every` steps a state (trained weights, optimiser, grad scaler, step, losses,
+torch RNG) is written atomically to `resume_path`; `train` continues from it when present and
+removes it once training has finished and every checkpoint is written.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from .diffusion.base import DiffusionBackend
+from .errors import DataError
+from .io import atomic_path, torch_load, torch_save
+
+log = logging.getLogger(__name__)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % 2**63)
+
+
+def _indices(n: int, seed: int, stream: int, start: int, count: int) -> list[int]:
+    """Items `start .. start+count-1` of an endless sequence of shuffled epochs over range(n),
+    as a DataLoader with shuffle=True would give, but computable for any position."""
+    out = []
+    for pos in range(start, start + count):
+        epoch, k = divmod(pos, n)
+        g = torch.Generator().manual_seed((int(seed) * 7_919 + stream * 104_729 + epoch) % 2**63)
+        out.append(int(torch.randperm(n, generator=g)[k]))
+    return out
+
+
+@torch.no_grad()
+def generate_class_images(backend: DiffusionBackend, class_prompt: str, n: int, num_steps: int, seed: int,
+                          *, batch_size: int = 4, guidance_scale: float = 7.5,
+                          progress: bool = True) -> torch.Tensor:
+    """`n` prior-preservation images of the class prompt ("a dog"): [n,3,S,S] in [0,1], on CPU."""
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="class images", file=sys.stderr, disable=not progress):
+        k = min(batch_size, n - start)
+        out.append(backend.sample([class_prompt] * k, num_steps=num_steps, guidance_scale=guidance_scale,
+                                  generator=g).cpu())
+    if not out:
+        return torch.zeros(0, 3, backend.image_size, backend.image_size)
+    return torch.cat(out)
+
+
+def _fingerprint(**kw) -> dict:
+    return {k: (sorted((int(s), str(p)) for s, p in v.items()) if isinstance(v, dict) else v) for k, v in kw.items()}
+
+
+def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_prompts: Sequence[str] | str,
+          class_images: torch.Tensor | None, class_prompt: str, *, steps: int, lr: float, batch_size: int,
+          prior_loss_weight: float, train_text_encoder: bool, lora_rank: int, seed: int,
+          checkpoints: dict[int, Path], resume_path: Path | None, resume_every: int = 10,
+          max_grad_norm: float = 1.0, progress: bool = True) -> list[dict]:
+    """Fine-tune `backend` in place; returns one record per step ({step, loss, loss_instance, loss_prior}).
+
+    - `instance_images` [N,3,H,W] in [0,1] with one prompt each (`instance_prompts`, or one string for all).
+    - `class_images` [M,3,H,W] (None or empty, or `prior_loss_weight == 0`: no prior term).
+    - `checkpoints` {step: path}: `backend.save_finetuned` after that many optimiser steps
+      (step 0 = before training), each written atomically.
+    - On return the backend holds the trained weights, frozen (`backend.freeze()`), ready for SDS.
+    """
+    n_inst = int(instance_images.shape[0])
+    if n_inst == 0:
+        raise DataError("DreamBooth needs at least one instance image")
+    prompts = [instance_prompts] * n_inst if isinstance(instance_prompts, str) else list(instance_prompts)
+    if len(prompts) != n_inst:
+        raise ValueError(f"{len(prompts)} instance prompts for {n_inst} instance images")
+    use_prior = class_images is not None and class_images.shape[0] > 0 and prior_loss_weight > 0
+    n_cls = int(class_images.shape[0]) if use_prior else 0
+    bad = [s for s in checkpoints if not 0 <= int(s) <= steps]
+    if bad:
+        raise ValueError(f"checkpoint steps {bad} outside 0..{steps}")
+
+    params = backend.trainable_parameters(train_text_encoder=train_text_encoder, lora_rank=lora_rank)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    fp16 = backend.device.type == "cuda" and backend.dtype == torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    fingerprint = _fingerprint(steps=steps, lr=lr, batch_size=batch_size, prior_loss_weight=prior_loss_weight,
+                               train_text_encoder=bool(train_text_encoder), lora_rank=int(lora_rank), seed=int(seed),
+                               n_inst=n_inst, n_cls=n_cls, prompts=prompts, class_prompt=class_prompt)
+
+    start, records = 0, []
+    resume_path = Path(resume_path) if resume_path is not None else None
+    if resume_path is not None and resume_path.exists():
+        state = torch_load(resume_path)
+        if state.get("fingerprint") != fingerprint:
+            log.warning("resume state %s is for other settings; starting over", resume_path)
+        else:
+            _load_weights(backend, state["weights"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"])
+            start, records = int(state["step"]), list(state["records"])
+            log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
+
+    def save_checkpoint(step: int) -> None:
+        if step in checkpoints:
+            with atomic_path(checkpoints[step]) as tmp:
+                backend.save_finetuned(tmp)
+
+    if start == 0:
+        save_checkpoint(0)
+    bar = tqdm(total=steps, initial=start, desc="dreambooth", file=sys.stderr, disable=not progress)
+    for step in range(start + 1, steps + 1):
+        g = _step_generator(seed, step)
+        inst = _indices(n_inst, seed, 0, (step - 1) * batch_size, batch_size)
+        images = instance_images[inst]
+        batch_prompts = [prompts[i] for i in inst]
+        if use_prior:
+            cls = _indices(n_cls, seed, 1, (step - 1) * batch_size, batch_size)
+            images = torch.cat([images.to(class_images.dtype), class_images[cls]])
+            batch_prompts += [class_prompt] * batch_size
+        losses = backend.training_loss(images, batch_prompts, generator=g)
+        loss_inst = losses[:batch_size].mean()
+        loss_prior = losses[batch_size:].mean() if use_prior else torch.zeros((), device=losses.device)
+        loss = loss_inst + prior_loss_weight * loss_prior
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        vals = torch.stack([loss.detach(), loss_inst.detach(), loss_prior.detach()]).float().tolist()
+        records.append({"step": step, "loss": vals[0], "loss_instance": vals[1], "loss_prior": vals[2]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{vals[0]:.4f}")
+        save_checkpoint(step)
+        if resume_path is not None and (step % max(resume_every, 1) == 0) and step < steps:
+            torch_save({"fingerprint": fingerprint, "step": step, "records": records,
+                        "weights": {k: v.cpu() for k, v in backend.finetuned_state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                        "rng": torch.get_rng_state()}, resume_path)
+    bar.close()
+    backend.freeze()
+    if resume_path is not None and resume_path.exists():
+        resume_path.unlink()
+    return records
+
+
+def _load_weights(backend: DiffusionBackend, weights: dict[str, torch.Tensor]) -> None:
+    targets = dict(backend._finetuned_names())
+    missing = set(targets) - set(weights)
+    if missing or set(weights) - set(targets):
+        raise DataError(f"resume state does not match the model being trained ({len(missing)} weights missing)")
+    with torch.no_grad():
+        for k, v in weights.items():
+            targets[k].copy_(v)
