@@ -97,6 +97,29 @@ def cmd_report(args: argparse.Namespace) -> None:
     build_report(_config(args), Path(args.metrics), Path(args.runs), Path(args.out))
 
 
+def cmd_userstudy_build(args: argparse.Namespace) -> None:
+    from .userstudy.design import build_study
+
+    build_study(Path(args.runs), args.setting, Path(args.out), seed=args.seed, raters=args.raters,
+                pairs_per_rater=args.pairs_per_rater, checks=args.checks, check_kind=args.check_kind,
+                baselines=args.baselines, data_dir=Path(args.data), prompts_table=Path(args.prompts_table),
+                subjects_table=Path(args.subjects_table), name=args.name, force=args.force)
+
+
+def cmd_userstudy_serve(args: argparse.Namespace) -> None:
+    from .userstudy.server import serve
+
+    serve(Path(args.study), host=args.host, port=args.port, threads=args.threads,
+          db_path=Path(args.db) if args.db else None)
+
+
+def cmd_userstudy_analyse(args: argparse.Namespace) -> None:
+    from .userstudy.analysis import analyse
+
+    analyse(Path(args.study), Path(args.out), responses=Path(args.responses) if args.responses else None,
+            min_attention=args.min_attention)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -178,6 +201,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", default="runs")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("userstudy", help="pairwise user study: build a study, serve it to raters, analyse the answers")
+    us = sp.add_subparsers(dest="userstudy_command", required=True)
+    b = us.add_parser("build", help="write a study folder (manifest.json, media, rater links) from the turntables")
+    b.add_argument("--runs", default="runs", help="runs folder (runs/<setting>/<subject>/<prompt_id>/eval/<variant>/)")
+    b.add_argument("--setting", default="seed~0", help="the experiment cell whose turntables are compared")
+    b.add_argument("--out", required=True, help="study folder to write, e.g. studies/main")
+    b.add_argument("--seed", type=int, default=0, help="fixes each rater's order and left/right sides")
+    b.add_argument("--raters", type=int, default=21, help="rater links to make (paper: 11-21 raters per pair)")
+    b.add_argument("--pairs-per-rater", type=int, default=None,
+                   help="pairs each rater sees (default all; balanced so every pair gets as many raters)")
+    b.add_argument("--checks", type=int, default=3, help="attention checks per rater (one per question, cycled)")
+    b.add_argument("--check-kind", default="blank", choices=["blank", "inverted", "noise"],
+                   help="how the attention-check video is spoiled")
+    b.add_argument("--baselines", nargs="+", default=None, help="baselines to compare against (default: all present)")
+    b.add_argument("--data", default="data/subjects", help="subject folders with images_512/ (the photos shown)")
+    b.add_argument("--prompts-table", default="config/prompts.tsv")
+    b.add_argument("--subjects-table", default="config/subjects.tsv")
+    b.add_argument("--name", default=None, help="study name (default: the folder name)")
+    b.add_argument("--force", action="store_true", help="replace a study folder that already holds responses")
+    b.set_defaults(func=cmd_userstudy_build)
+    s_ = us.add_parser("serve", help="serve the study to raters (waitress; links in <study>/raters.tsv)")
+    s_.add_argument("--study", required=True)
+    s_.add_argument("--host", default="127.0.0.1")
+    s_.add_argument("--port", type=int, default=8000)
+    s_.add_argument("--threads", type=int, default=8)
+    s_.add_argument("--db", default=None, help="answer database (default <study>/responses.sqlite)")
+    s_.set_defaults(func=cmd_userstudy_serve)
+    a = us.add_parser("analyse", help="preference rates, CIs, binomial tests, majority votes, Fleiss' kappa")
+    a.add_argument("--study", required=True)
+    a.add_argument("--out", default="results/userstudy.tsv",
+                   help="summary table; <stem>_pairs.tsv and <stem>_raters.tsv are written beside it")
+    a.add_argument("--responses", default=None,
+                   help="answers: a responses.sqlite or an /admin/export?format=tsv file "
+                        "(default <study>/responses.sqlite)")
+    a.add_argument("--min-attention", type=float, default=1.0,
+                   help="fraction of attention checks a rater must pass to be kept (default 1.0: all)")
+    a.set_defaults(func=cmd_userstudy_analyse)
     return p
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the pinned CPU environment in .venv and installs db3d into it.
 # Idempotent: the environment is rebuilt only when envs/requirements-cpu.txt or this script changes.
+# `--tests` also installs what the tests need beyond Python (headless Chromium, envs/setup-browser.sh).
 # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports on a CPU machine
 # (PyPI's torchvision breaks beside the torch 2.13.0 CPU wheel) and open_clip needs torchvision.
 set -euo pipefail
@@ -22,3 +23,6 @@ else
   echo "$want" > "$stamp"
 fi
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' || true
+if [ "${1:-}" = "--tests" ]; then
+  bash envs/setup-browser.sh
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs headless Chromium and its WebDriver from Debian (for tests/test_userstudy_e2e.py).
+# Idempotent: does nothing when /usr/bin/chromium and /usr/bin/chromedriver are already there.
+# Needs root (CI runs as root); without root or apt-get it says so and exits 0, and the browser
+# test skips itself with the reason. No browser download of its own: Debian's packages only
+# (`playwright install` / Selenium Manager downloads are not used anywhere).
+set -euo pipefail
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  echo "db3d: chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}') and chromedriver present"
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "db3d: apt-get not found; install chromium + chromium-driver by hand (the browser test will skip)" >&2
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
+    echo "db3d: not root and no passwordless sudo; cannot install chromium (the browser test will skip)" >&2
+    exit 0
+  fi
+fi
+echo "db3d: installing chromium + chromium-driver from Debian"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+/usr/bin/chromium --version
