@@ -67,7 +67,8 @@ def cmd_dreambooth(args: argparse.Namespace) -> None:
 def cmd_nerf(args: argparse.Namespace) -> None:
     from .stages import fit_nerf
 
-    fit_nerf(_config(args), args.stage, Path(args.dreambooth), args.prompt_id, Path(args.subject_dir),
+    fit_nerf(_config(args), args.stage, Path(args.dreambooth) if args.dreambooth else None, args.prompt_id,
+             Path(args.subject_dir),
              Path(args.out_dir), pseudo_views=Path(args.pseudo_views) if args.pseudo_views else None)
 
 
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_config(sub.add_parser("nerf", help="optimise a NeRF by score distillation"))
     sp.add_argument("--stage", required=True, choices=["stage1", "stage3", "naive", "latent_nerf"])
-    sp.add_argument("--dreambooth", required=True, help="DreamBooth checkpoint guiding the NeRF")
+    sp.add_argument("--dreambooth", help="DreamBooth checkpoint guiding the NeRF (omit: the base model, "
+                    "i.e. plain DreamFusion)")
     sp.add_argument("--subject-dir", required=True)
     sp.add_argument("--prompt-id", required=True)
     sp.add_argument("--pseudo-views", help="stage-2 pseudo views (reconstruction loss, stage3)")

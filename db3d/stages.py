@@ -168,7 +168,7 @@ def _shading(cfg: dict, generator: torch.Generator, latent: bool) -> str:
     return "lambertian"
 
 
-def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subject_dir: Path,
+def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str, subject_dir: Path,
              out_dir: Path, pseudo_views: Path | None = None) -> None:
     from .guidance import ScoreDistillation
     from .nerf import build_field, render, sample_cameras, save_nerf, view_direction
@@ -229,6 +229,8 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
         start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
         log.info("resuming %s from step %d", stage, start_step)
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.time() - elapsed
     for step in tqdm(range(start_step, iters), desc=f"{stage} {subject_dir.name}/{prompt_id}",
                      initial=start_step, total=iters, mininterval=5):
@@ -266,12 +268,17 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path, prompt_id: str, subje
                         "torch_rng": torch.get_rng_state(), "step": step + 1, "records": records,
                         "elapsed": time.time() - start}, resume_path)
 
+    loop_time = time.time() - start
     meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,
             "latent": latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"]}
+    perf = {"loop_time_s": loop_time, "iters_per_s": (iters - start_step) / max(loop_time - elapsed, 1e-9),
+            "render_resolution": res, "device": str(device),
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    log.info("%s: %.2f it/s, peak GPU memory %s GiB", stage, perf["iters_per_s"], perf["peak_gpu_mem_gib"])
     save_nerf(out_dir / "nerf.pt", field, background, meta)
     _save_turntable(cfg, backend, field, background, latent, out_dir / "turntable.png")
     write_json(out_dir / "losses.json", {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
-                                         "meta": meta})
+                                         "meta": meta, "perf": perf})
     resume_path.unlink(missing_ok=True)
 
 

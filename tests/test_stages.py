@@ -62,47 +62,61 @@ def first_prompt_id(cfg: dict) -> str:
     return subject_prompt_ids(cfg["dataset"]["prompts_table"], "dog", 1)[0]
 
 
-def test_every_variant_runs_end_to_end(trained):
-    cfg, run_dir = small_config(), trained
+def run_all_stages(cfg: dict, run_dir, out):
+    """Stage 1 -> pseudo views -> multi-view DreamBooth -> stage 3, the baselines, and evaluation,
+    from the DreamBooth checkpoints in run_dir/db, writing under `out`."""
     subject = run_dir / "data" / "dog"
     priors, db, pid = run_dir / "priors", run_dir / "db", first_prompt_id(cfg)
-    assert len(read_json(priors / "manifest.json")["files"]) == 2
-    assert (db / "partial.safetensors").exists() and (db / "full.safetensors").exists()
-    assert len(read_json(db / "losses.json")["steps"]) == 2
-
-    stages.fit_nerf(cfg, "stage1", db / "partial.safetensors", pid, subject, run_dir / "stage1")
-    stages.pseudo_views(cfg, run_dir / "stage1" / "nerf.pt", db / "full.safetensors", pid, subject,
-                        run_dir / "stage2")
-    views = torch_load(run_dir / "stage2" / "pseudo_views.pt")
+    stages.fit_nerf(cfg, "stage1", db / "partial.safetensors", pid, subject, out / "stage1")
+    stages.pseudo_views(cfg, out / "stage1" / "nerf.pt", db / "full.safetensors", pid, subject, out / "stage2")
+    views = torch_load(out / "stage2" / "pseudo_views.pt")
     assert views["images"].shape[0] == 2 and len(views["directions"]) == 2
-    assert (run_dir / "stage2" / "pseudo_views.png").exists()
+    assert (out / "stage2" / "pseudo_views.png").exists()
 
-    stages.dreambooth(cfg, subject, priors, run_dir / "stage3", init=db / "partial.safetensors",
-                      pseudo_views=run_dir / "stage2" / "pseudo_views.pt")
-    assert (run_dir / "stage3" / "dreambooth_mv.safetensors").exists()
-    mv = read_json(run_dir / "stage3" / "dreambooth_mv_losses.json")
+    stages.dreambooth(cfg, subject, priors, out / "stage3", init=db / "partial.safetensors",
+                      pseudo_views=out / "stage2" / "pseudo_views.pt")
+    assert (out / "stage3" / "dreambooth_mv.safetensors").exists()
+    mv = read_json(out / "stage3" / "dreambooth_mv_losses.json")
     assert any("view" in p for p in mv["instance_prompts"])  # pseudo views carry their direction
 
-    stages.fit_nerf(cfg, "stage3", run_dir / "stage3" / "dreambooth_mv.safetensors", pid, subject,
-                    run_dir / "stage3", pseudo_views=run_dir / "stage2" / "pseudo_views.pt")
-    stages.fit_nerf(cfg, "naive", db / "full.safetensors", pid, subject, run_dir / "naive")
-    stages.fit_nerf(cfg, "latent_nerf", db / "full.safetensors", pid, subject, run_dir / "latent_nerf")
+    stages.fit_nerf(cfg, "stage3", out / "stage3" / "dreambooth_mv.safetensors", pid, subject,
+                    out / "stage3", pseudo_views=out / "stage2" / "pseudo_views.pt")
+    stages.fit_nerf(cfg, "naive", db / "full.safetensors", pid, subject, out / "naive")
+    stages.fit_nerf(cfg, "latent_nerf", db / "full.safetensors", pid, subject, out / "latent_nerf")
 
     for stage in ("stage1", "stage3", "naive", "latent_nerf"):
-        losses = read_json(run_dir / stage / "losses.json")
+        losses = read_json(out / stage / "losses.json")
         assert len(losses["steps"]) == 2
         assert all(math.isfinite(s["loss"]) for s in losses["steps"]), stage
-        assert (run_dir / stage / "turntable.png").exists()
-        assert not (run_dir / stage / ".resume.pt").exists()
-    assert all("recon" in s for s in read_json(run_dir / "stage3" / "losses.json")["steps"])
+        assert losses["perf"]["iters_per_s"] > 0
+        assert (out / stage / "turntable.png").exists()
+        assert not (out / stage / ".resume.pt").exists()
+    assert all("recon" in s for s in read_json(out / "stage3" / "losses.json")["steps"])
 
     from db3d.eval import evaluate
 
     for variant, stage in (("dreambooth3d", "stage3"), ("latent_nerf", "latent_nerf")):
-        out = run_dir / "eval" / variant
-        evaluate(cfg, run_dir / stage / "nerf.pt", subject, pid, variant, "seed~0", out)
-        text = (out / "metrics.tsv").read_text()
+        evaluate(cfg, out / stage / "nerf.pt", subject, pid, variant, "seed~0", out / "eval" / variant)
+        text = (out / "eval" / variant / "metrics.tsv").read_text()
         assert "r_precision" in text.lower() or "rprecision" in text.lower()
+
+
+def test_every_variant_runs_end_to_end(trained):
+    cfg, run_dir = small_config(), trained
+    assert len(read_json(run_dir / "priors" / "manifest.json")["files"]) == 2
+    assert (run_dir / "db" / "partial.safetensors").exists() and (run_dir / "db" / "full.safetensors").exists()
+    assert len(read_json(run_dir / "db" / "losses.json")["steps"]) == 2
+    run_all_stages(cfg, run_dir, run_dir / "cpu")
+
+
+@pytest.mark.gpu
+def test_every_variant_runs_end_to_end_on_cuda(trained):
+    """The same on CUDA: nerfacc's occupancy-grid estimator, fp16 diffusion under autocast."""
+    cfg, run_dir = small_config(), trained
+    cfg.update(device="cuda", precision="fp16")
+    run_all_stages(cfg, run_dir, run_dir / "cuda")
+    losses = read_json(run_dir / "cuda" / "stage1" / "losses.json")
+    assert losses["perf"]["device"].startswith("cuda") and losses["perf"]["peak_gpu_mem_gib"] > 0
 
 
 def test_killed_nerf_run_resumes_to_the_same_result(trained, monkeypatch):
