@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", default=None, help="config YAML/JSON (default config/config.yaml)")
+        sp.add_argument("--config", action="append", default=None,
+                        help="config YAML/JSON (default config/config.yaml); repeat to merge, e.g. "
+                             "--config config/config.yaml --config config/paper.yaml")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config key, e.g. --set stage3.recon_weight=0.5")
         sp.add_argument("--config-json", help="resolved config as JSON (what the Snakemake rules pass)")

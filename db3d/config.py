@@ -58,22 +58,40 @@ def validate(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict:
-    """Read a YAML/JSON config, apply dotted-key overrides, validate, and return it."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
-    text = path.read_text()
-    cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+def load_config(path: str | Path | list | tuple | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    """Read YAML/JSON config file(s), apply dotted-key overrides, validate, and return the result.
+
+    Several files merge in order, later keys winning, as Snakemake merges `--configfile`s: so
+    `[config/config.yaml, config/paper.yaml]` is the paper setting from the command line too.
+    """
+    paths = [DEFAULT_CONFIG_PATH] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    cfg: dict = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
+        text = p.read_text()
+        part = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(part, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        merge_into(cfg, part)
+    path = " + ".join(map(str, paths))
     seed = cfg.pop("seed", None)
     cfg = apply_overrides(cfg, overrides or {})
     seed = (overrides or {}).get("seed", seed)
     validate(cfg, str(path))
-    if seed is not None:
-        cfg["seed"] = int(seed)
+    # a command run by hand gets the first of the config's seeds unless told otherwise
+    cfg["seed"] = int(seed) if seed is not None else int(cfg["seeds"][0])
     return cfg
+
+
+def merge_into(base: dict, update: dict) -> dict:
+    """Recursively update `base` with `update` (mappings merge, everything else replaces)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_into(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
 
 
 def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:

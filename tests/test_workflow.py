@@ -122,3 +122,10 @@ def test_bad_config_value_is_one_line_naming_the_key(tmp_path):
 def test_unknown_ablation_column_is_an_error():
     with pytest.raises(ConfigError, match="unknown config key 'recon_wieght'"):
         wf.resolved(load_config(), "recon_wieght~1/seed~0")
+
+
+def test_config_files_merge_in_order_like_snakemake():
+    cfg = load_config([REPO / "config/config.yaml", REPO / "config/paper.yaml"], {"stage1.iters": "7"})
+    assert cfg["backend"] == "sd" and cfg["dreambooth"]["full_steps"] == 800
+    assert cfg["stage1"]["iters"] == 7
+    assert cfg["sds"]["guidance_scale"] == load_config()["sds"]["guidance_scale"]  # kept from the base
