@@ -31,6 +31,7 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/method.smk"
 include: "rules/eval.smk"
+include: "rules/report.smk"
 include: "rules/userstudy.smk"
 
 

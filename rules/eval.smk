@@ -7,6 +7,11 @@ rule evaluate:
         nerf=lambda w: wf.variant_nerf(w.setting, w.subject, w.prompt_id, w.variant),
     output:
         metrics="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/metrics.tsv",
+        mesh="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/mesh.glb",
+        mesh_obj="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/mesh.obj",
+        turntable="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/turntable.gif",
+        contact_sheet="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/contact_sheet.png",
+        info="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/eval_info.json",
     params:
         cfg=lambda w: wf.rule_config(config, w.setting, wf.EVAL_KEYS),
     log:
@@ -33,34 +38,3 @@ rule collect_metrics:
         "../envs/gpu.yaml"
     shell:
         "python -m db3d collect-metrics {input:q} --out {output} > {log} 2>&1"
-
-
-rule cell_config:
-    # the resolved config of one cell, for provenance in the report
-    output:
-        "runs/{setting}/config.json",
-    params:
-        cfg=lambda w: json.dumps(wf.resolved(config, w.setting), sort_keys=True),
-    log:
-        "logs/{setting}/cell_config.log",
-    conda:
-        "../envs/gpu.yaml"
-    shell:
-        "python -m db3d write-json --json {params.cfg:q} --out {output} > {log} 2>&1"
-
-
-rule report:
-    input:
-        metrics="results/metrics.tsv",
-        configs=expand("runs/{setting}/config.json", setting=ALL_SETTINGS),
-    output:
-        "reports/main.pdf",
-    params:
-        cfg=lambda w: json.dumps(wf.resolved(config, MAIN_SETTINGS[0]), sort_keys=True),
-    log:
-        "logs/report.log",
-    conda:
-        "../envs/gpu.yaml"
-    shell:
-        "python -m db3d report --config-json {params.cfg:q} --metrics {input.metrics} --runs runs"
-        " --out {output} > {log} 2>&1"
