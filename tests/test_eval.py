@@ -1,4 +1,6 @@
-"""Evaluation: R-Precision on hand-made embeddings, the tiny CLIP, metric tables, `evaluate` end to end."""
+"""Evaluation: R-Precision on hand-made embeddings, the tiny CLIP, metric tables, `evaluate` end to end.
+
+Subject fidelity, the Janus score and the mesh have their own files (tests/test_eval_*.py)."""
 from __future__ import annotations
 
 import json
@@ -160,6 +162,31 @@ def _tables(root: Path) -> tuple[Path, Path]:
     return prompts, subjects
 
 
+def write_subject(root: Path, name: str = "dog", n: int = 3, resolutions: tuple[int, ...] = (64,)) -> Path:
+    """A built subject folder in the format of `db3d.data.build` (meta.json, images_<r>/, masks_<r>/)."""
+    import numpy as np
+    from PIL import Image
+
+    out = root / "data" / "subjects" / name
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 255, (n, 3))
+    for r in resolutions:
+        (out / f"images_{r}").mkdir(parents=True, exist_ok=True)
+        (out / f"masks_{r}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.full((r, r, 3), 230, np.uint8)
+            img[r // 4: 3 * r // 4, r // 4 + i: 3 * r // 4 + i] = colours[i]
+            Image.fromarray(img).save(out / f"images_{r}" / f"{i:02d}.png")
+            mask = np.zeros((r, r), np.uint8)
+            mask[r // 4: 3 * r // 4, r // 4 + i: 3 * r // 4 + i] = 255
+            Image.fromarray(mask).save(out / f"masks_{r}" / f"{i:02d}.png")
+    meta = {"subject": name, "class_noun": name, "kind": "live", "token": "sks", "licence": "CC BY 4.0",
+            "num_images": n, "resolutions": list(resolutions),
+            "files": [{"index": i, "file": f"{i:02d}.jpg"} for i in range(n)]}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
 def _fake_nerf_module() -> types.ModuleType:
     """db3d.nerf's contract (load_nerf, orbit_cameras, render) with an analytic 'field'."""
     mod = types.ModuleType("db3d.nerf")
@@ -191,7 +218,19 @@ def _fake_nerf_module() -> types.ModuleType:
         return types.SimpleNamespace(image=image, opacity=disc.expand(len(az), 1, height, width), depth=None,
                                      normal=None, losses={})
 
+    def extract_mesh(field, resolution=64, threshold=10.0):
+        import trimesh
+
+        mod.calls.append(dict(mesh=resolution))
+        mesh = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+        mesh.visual.vertex_colors = [200, 100, 50, 255]
+        return mesh
+
+    def export_mesh(mesh, path):
+        mesh.export(path)
+
     mod.load_nerf, mod.orbit_cameras, mod.render = load_nerf, orbit_cameras, render
+    mod.extract_mesh, mod.export_mesh = extract_mesh, export_mesh
     return mod
 
 
@@ -210,6 +249,12 @@ def _fake_diffusion_module() -> types.ModuleType:
     return mod
 
 
+@pytest.fixture(autouse=True)
+def _small_mesh(monkeypatch):
+    """evaluate's mesh on a 24^3 lattice instead of 64^3 (tests/test_eval_mesh.py checks the mesh)."""
+    monkeypatch.setattr("db3d.eval.mesh.MESH_RESOLUTION", 24)
+
+
 def _eval_cfg(prompts: Path, subjects: Path) -> dict:
     cfg = yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text())
     cfg.update(backend="tiny", device="cpu", seed=0)
@@ -218,25 +263,49 @@ def _eval_cfg(prompts: Path, subjects: Path) -> dict:
     return cfg
 
 
-def _check_outputs(out_dir: Path, n_views: int, variant: str) -> "object":
+CLIP_LABELS = ["tiny-random(ViT-B-16)", "tiny-random(ViT-B-32)", "tiny-random(ViT-L-14)"]
+DINO_LABEL = "tiny-random(dino-vits16)"
+
+
+def _check_outputs(out_dir: Path, n_views: int, variant: str, colours: bool = True) -> "object":
     import imageio.v3 as iio
     import pandas as pd
+    import trimesh
+
+    from db3d.eval.table import read_metrics
 
     df = pd.read_csv(out_dir / "metrics.tsv", sep="\t", keep_default_na=False)
     assert list(df.columns) == METRIC_COLUMNS
-    assert sorted(set(df.metric)) == ["clip_r_precision", "clip_t"]
-    assert sorted(set(df.model)) == ["tiny-random(ViT-B-16)", "tiny-random(ViT-B-32)", "tiny-random(ViT-L-14)"]
+    assert sorted(set(df.metric)) == ["clip_i", "clip_r_precision", "clip_t", "dino_i", "janus"]
+    assert sorted(set(df.model)) == CLIP_LABELS + [DINO_LABEL]
+    per_model = {m: sorted(df[df.model == m].metric) for m in set(df.model)}
+    assert all(per_model[m] == ["clip_i", "clip_r_precision", "clip_t", "janus"] for m in CLIP_LABELS)
+    assert per_model[DINO_LABEL] == ["dino_i", "janus"] and len(df) == 14
     assert set(df.note) == {"random-weight models"} and set(df.variant) == {variant}
     assert set(df.subject) == {"dog"} and set(df.setting) == {"seed~0"} and set(df.seed) == {0}
-    r = df[df.metric == "clip_r_precision"].value
+    values = read_metrics(out_dir / "metrics.tsv")
+    assert values.value.notna().all()  # 4 views: front, 2 sides, back -> janus is defined
+    r = values[values.metric == "clip_r_precision"].value
     assert r.between(0, 1).all() and all(abs(v * n_views - round(v * n_views)) < 1e-4 for v in r)
-    assert df[df.metric == "clip_t"].value.between(-1, 1).all()
+    assert values[values.metric.isin(["clip_t", "clip_i", "dino_i"])].value.between(-1, 1).all()
+    assert values[values.metric == "janus"].value.between(-2, 2).all()
     frames = iio.imread(out_dir / "turntable.gif", index=None)
     assert frames.shape[0] == n_views
     assert (out_dir / "contact_sheet.png").stat().st_size > 0
     pool = json.loads((out_dir / "retrieval_pool.json").read_text())
     assert pool["pool"] == ["a dog sleeping", "a dog jumping", "a teapot"] and pool["true_index"] == 0
     assert pool["prompt"] == "a sks dog sleeping" and all("sks" not in p for p in pool["pool"])
+    info = json.loads((out_dir / "eval_info.json").read_text())
+    assert {"load", "render", "dino", "mesh", "figures", "total"} <= set(info["timing_s"])
+    assert all(f"clip {m}" in info["timing_s"] for m in ("ViT-B-16", "ViT-B-32", "ViT-L-14"))
+    assert info["photos"]["count"] == 3 and info["dino_model"] == DINO_LABEL
+    assert set(info["janus"]) == set(CLIP_LABELS + [DINO_LABEL])
+    assert [abs(a) for a in info["janus"][DINO_LABEL]["back_azimuths"]] == [180.0]
+    for name in ("mesh.glb", "mesh.obj"):
+        mesh = trimesh.load(out_dir / name, force="mesh")
+        assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+        assert (mesh.visual.kind == "vertex") == colours, name
+    assert info["mesh"]["colours"].startswith("albedo" if colours else "none")
     return df
 
 
@@ -250,14 +319,15 @@ def test_evaluate_against_contract_stubs(tmp_path, monkeypatch):
     cfg = _eval_cfg(prompts, subjects)
     nerf_path = tmp_path / "nerf.pt"
     nerf_path.write_text(json.dumps({"latent": False}))
-    subject_dir = tmp_path / "data" / "subjects" / "dog"
+    subject_dir = write_subject(tmp_path)
     out = evaluate(cfg, nerf_path, subject_dir, "p0", "dreambooth3d", "seed~0", tmp_path / "eval" / "dreambooth3d")
-    df = _check_outputs(out.parent, 4, "dreambooth3d")
-    assert {c["shading"] for c in nerf.calls} == {"albedo"} and nerf.calls[0]["height"] == 32
+    _check_outputs(out.parent, 4, "dreambooth3d")
+    renders = [c for c in nerf.calls if "shading" in c]
+    assert {c["shading"] for c in renders} == {"albedo"} and renders[0]["height"] == 32
+    assert {"mesh": 24} in nerf.calls
     # deterministic: a second run gives the same numbers
     out2 = evaluate(cfg, nerf_path, subject_dir, "p0", "dreambooth3d", "seed~0", tmp_path / "eval2")
     assert out2.read_text() == out.read_text()
-    assert len(df) == 6
 
     # a latent NeRF (4 channels) is rendered at the latent size and decoded by the backend
     diffusion = _fake_diffusion_module()
@@ -265,8 +335,16 @@ def test_evaluate_against_contract_stubs(tmp_path, monkeypatch):
     nerf.calls.clear()
     nerf_path.write_text(json.dumps({"latent": True}))  # what db3d.stages writes
     out3 = evaluate(cfg, nerf_path, subject_dir, "p0", "latent_nerf", "seed~0", tmp_path / "eval" / "latent_nerf")
-    _check_outputs(out3.parent, 4, "latent_nerf")
-    assert nerf.calls[-1]["height"] == 8 and diffusion.decoded == [(4, 4, 8, 8)]
+    _check_outputs(out3.parent, 4, "latent_nerf", colours=False)
+    renders = [c for c in nerf.calls if "shading" in c]
+    assert renders[-1]["height"] == 8 and diffusion.decoded == [(4, 4, 8, 8)]
+
+    # no subject photos -> the one-line DataError of db3d.data.subject, nothing written
+    from db3d.errors import DataError
+
+    with pytest.raises(DataError, match="meta.json"):
+        evaluate(cfg, nerf_path, tmp_path / "nowhere" / "dog", "p0", "naive", "seed~0", tmp_path / "eval" / "x")
+    assert not (tmp_path / "eval" / "x").exists()
 
 
 def test_evaluate_on_real_tiny_nerf(tmp_path):
@@ -283,7 +361,7 @@ def test_evaluate_on_real_tiny_nerf(tmp_path):
     n = cfg["nerf"]
     field = dn.RadianceField(n["bound"], n["grid_resolution"], n["hidden_dim"])
     dn.save_nerf(tmp_path / "nerf.pt", field, dn.Background(), {"stage": "stage3", "latent": False})
-    out = evaluate(cfg, tmp_path / "nerf.pt", tmp_path / "data" / "subjects" / "dog", "p0", "dreambooth3d",
+    out = evaluate(cfg, tmp_path / "nerf.pt", write_subject(tmp_path), "p0", "dreambooth3d",
                    "seed~0", tmp_path / "eval")
     _check_outputs(out.parent, 4, "dreambooth3d")
 
@@ -303,6 +381,6 @@ def test_evaluate_latent_nerf_with_tiny_backend(tmp_path):
     torch.manual_seed(0)
     field, background = dn.build_field(cfg["nerf"], out_channels=4)
     dn.save_nerf(tmp_path / "nerf.pt", field, background, {"stage": "latent_nerf", "latent": True})
-    out = evaluate(cfg, tmp_path / "nerf.pt", tmp_path / "data" / "subjects" / "dog", "p0", "latent_nerf",
+    out = evaluate(cfg, tmp_path / "nerf.pt", write_subject(tmp_path), "p0", "latent_nerf",
                    "seed~0", tmp_path / "eval")
-    _check_outputs(out.parent, 4, "latent_nerf")
+    _check_outputs(out.parent, 4, "latent_nerf", colours=False)

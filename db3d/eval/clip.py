@@ -37,8 +37,41 @@ TINY_VISION = dict(width=64, layers=2, head_width=32, patch_size=8, image_size=6
 TINY_TEXT = dict(width=64, heads=2, layers=2, context_length=77, vocab_size=49408)
 
 
+# How to provide a hub model offline; shared by every evaluation model's one-line error.
+HUB_HINT = ("running once online to fill the Hugging Face cache (HF_HOME, then HF_HUB_OFFLINE=1 uses only "
+            "the cache)")
+
+
 def tiny_label(name: str) -> str:
     return f"tiny-random({name})"
+
+
+def name_seed(name: str, kind: str = "clip") -> int:
+    """The seed of the tiny stand-in for `name` (one fixed network per name and model kind)."""
+    return zlib.crc32(f"db3d-tiny-{kind}:{name}".encode())
+
+
+def one_line(why: object, limit: int = 200) -> str:
+    """An exception text squeezed onto one line of at most `limit` characters."""
+    why = " ".join(str(why).split())
+    return why if len(why) <= limit else why[:limit - 1] + "\u2026"
+
+
+def prepare_images(images: torch.Tensor, size: int, mean: tuple, std: tuple,
+                   device: torch.device) -> torch.Tensor:
+    """[B,3,H,W] in [0,1] -> resized to size x size and normalised with mean/std, on `device`.
+
+    The models' own preprocessing resizes the short side then centre-crops; renders and subject
+    photos are square, so a plain (antialiased, bicubic) resize is the same thing.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"encode_images expects [B,3,H,W] images, got {tuple(images.shape)}")
+    x = images.to(device, torch.float32).clamp(0, 1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 @dataclass
@@ -69,17 +102,9 @@ class ClipModel:
         """[B,3,H,W] in [0,1] -> L2-normalised embeddings [B,D] (float32, on CPU)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_images expects [B,3,H,W] images, got {tuple(images.shape)}")
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         out = []
         for chunk in images.split(batch_size):
-            x = chunk.to(self.device, torch.float32).clamp(0, 1)
-            if x.shape[-2:] != (self.image_size, self.image_size):
-                # CLIP's own preprocessing resizes the short side then centre-crops; renders are
-                # square, so a plain (antialiased) resize is the same thing.
-                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                                  align_corners=False, antialias=True).clamp(0, 1)
-            x = (x - mean) / std
+            x = prepare_images(chunk, self.image_size, self.mean, self.std, self.device)
             emb = self.model.encode_image(x).float()
             out.append(F.normalize(emb, dim=-1).cpu())
         return torch.cat(out)
@@ -95,7 +120,7 @@ class ClipModel:
 
 
 def _name_seed(name: str) -> int:
-    return zlib.crc32(f"db3d-tiny-clip:{name}".encode())
+    return name_seed(name, "clip")
 
 
 def build_tiny_clip(name: str) -> ClipModel:
@@ -122,12 +147,9 @@ def _split_entry(entry: str) -> tuple[str, str | None]:
 
 
 def _fail(name: str, why: str) -> ModelNotFoundError:
-    why = " ".join(str(why).split())
-    why = why if len(why) <= 200 else why[:199] + "\u2026"
     return ModelNotFoundError(
-        f"CLIP model {name} (open_clip, pretrained='openai') is not available ({why}); provide it by "
-        f"running once online to fill the Hugging Face cache (HF_HOME, then HF_HUB_OFFLINE=1 uses only the "
-        f"cache), or set models.clip to '{name}=/path/to/open_clip_pytorch_model.bin', "
+        f"CLIP model {name} (open_clip, pretrained='openai') is not available ({one_line(why)}); provide it by "
+        f"{HUB_HINT}, or set models.clip to '{name}=/path/to/open_clip_pytorch_model.bin', "
         f"or use backend: tiny for random stand-ins")
 
 
