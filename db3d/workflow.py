@@ -184,3 +184,116 @@ def gpu_count(config: dict) -> int:
     import torch
 
     return 1 if torch.cuda.is_available() else 0
+
+
+# ---- ablation tables: planning-time check; what the report reads ---------------------------------
+# (db3d.report and rules/report.smk use these; nothing above depends on them)
+
+# The stages each variant's NeRF went through, in order.
+VARIANT_STAGES: dict[str, tuple[str, ...]] = {
+    "dreambooth3d": ("dreambooth", "stage1", "stage2", "multiview", "stage3"),
+    "single_stage": ("dreambooth", "stage1"),
+    "naive": ("dreambooth", "naive"),
+    "latent_nerf": ("dreambooth", "latent_nerf"),
+}
+# Per stage: (file a rule declares as output, the losses/record file beside it), relative to
+# runs/<stage setting>/<subject>/ (dreambooth) or runs/<stage setting>/<subject>/<prompt_id>/.
+STAGE_FILES: dict[str, tuple[str, str | None]] = {
+    "dreambooth": ("dreambooth/losses.json", "dreambooth/losses.json"),
+    "stage1": ("stage1/losses.json", "stage1/losses.json"),
+    "stage2": ("stage2/pseudo_views.pt", None),
+    "multiview": ("stage3/dreambooth_mv.safetensors", "stage3/dreambooth_mv_losses.json"),
+    "stage3": ("stage3/losses.json", "stage3/losses.json"),
+    "naive": ("naive/losses.json", "naive/losses.json"),
+    "latent_nerf": ("latent_nerf/losses.json", "latent_nerf/losses.json"),
+}
+
+
+def stage_dir(setting: str, stage: str, subject: str, prompt_id: str) -> str:
+    """The folder holding a stage's outputs for one run of `setting` (shared across cells)."""
+    base = f"runs/{stage_setting(setting, stage)}/{subject}"
+    return base if stage == "dreambooth" else f"{base}/{prompt_id}"
+
+
+def stage_file(setting: str, stage: str, subject: str, prompt_id: str, which: int = 0) -> str | None:
+    """`which=0`: the declared output of `stage`; `which=1`: its losses file (None for stage2)."""
+    rel = STAGE_FILES[stage][which]
+    if rel is None:
+        return None
+    base = f"runs/{stage_setting(setting, stage)}/{subject}"
+    return f"{base}/{rel}" if stage == "dreambooth" else f"{base}/{prompt_id}/{rel}"
+
+
+def report_inputs(config: dict, settings: Iterable[str]) -> list[str]:
+    """Every file `db3d report` reads besides the metrics table and the cell configs, as the rule's
+    inputs: the evaluation renders (turntable.gif, contact_sheet.png), each stage's declared
+    output beside the file the report reads (losses.json; pseudo_views.pt for pseudo_views.png;
+    dreambooth_mv.safetensors for dreambooth_mv_losses.json) and each subject's meta.json (its
+    photos). Only variants in `config["variants"]`, so no stage is added to the DAG that the
+    metrics do not already need. Sorted, without duplicates (cells share upstream stages)."""
+    out: set[str] = set()
+    for subj in subjects(config):
+        out.add(f"data/subjects/{subj}/meta.json")
+        for pid in prompt_ids(config, subj):
+            for s in settings:
+                for variant in config["variants"]:
+                    ev = f"runs/{s}/{subj}/{pid}/eval/{variant}"
+                    out.update((f"{ev}/turntable.gif", f"{ev}/contact_sheet.png"))
+                    out.update(stage_file(s, st, subj, pid) for st in VARIANT_STAGES[variant])
+    return sorted(out)
+
+
+def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> None:
+    """Raise ConfigError (one line) when a table named in `config["ablations"]` is missing or one
+    of its cells is not a valid config: an unknown column, a value the schema refuses, or a
+    partial DreamBooth longer than the full one (e.g. the paper-scale partial_steps table on the
+    tiny default, whose full_steps is 60)."""
+    import pandas as pd
+
+    from .config import setting_config
+    from .errors import ConfigError
+
+    ablation_dir = Path(ablation_dir)
+    for name in config.get("ablations", []) or []:
+        path = ablation_dir / f"{name}.tsv"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in ablation_dir.glob("*.tsv"))) or "none"
+            raise ConfigError(f"ablations: no table {path} (tables: {known}); fix `ablations` in the config")
+        table = pd.read_csv(path, sep="\t")
+        if table.empty or len(table.columns) == 0:
+            raise ConfigError(f"{path}: the table has no rows; add one row per cell (ablations/README.md)")
+        over = []
+        for cell in ablation_settings(dict(config, ablations=[name]), ablation_dir):
+            try:
+                cfg = setting_config(config, cell)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: cell {cell}: {e}") from None
+            db = cfg["dreambooth"]
+            if db["partial_steps"] > db["full_steps"] and db["partial_steps"] not in over:
+                over.append(db["partial_steps"])
+        if over:
+            full = setting_config(config, main_settings(config)[0])["dreambooth"]["full_steps"]
+            tiny = ablation_dir / f"{name}_tiny.tsv"
+            fix = (f"this table is paper-scale (full_steps 800): run it with --configfile config/paper.yaml, "
+                   f"or ablations=[{tiny.stem}] on the tiny default" if tiny.is_file()
+                   else "lower those rows or raise dreambooth.full_steps")
+            raise ConfigError(f"{path}: partial_steps {', '.join(map(str, over))} exceed dreambooth.full_steps "
+                              f"({full}) of this config; {fix}")
+
+
+def checked_ablation_settings(config: dict, ablation_dir: str | Path = "ablations") -> list[str]:
+    """`ablation_settings` after `check_ablations`: for the Snakefile's ABLATION_SETTINGS."""
+    check_ablations(config, ablation_dir)
+    return ablation_settings(config, ablation_dir)
+
+
+def userstudy_report_input(path: str | Path = "results/userstudy.tsv") -> list[str]:
+    """The user-study summary as an input of the report: `[absolute path]` when it exists, else [].
+
+    Absolute on purpose: rule userstudy_analyse declares the relative path as its output, and an
+    input written the same way would pull the analysis - and through its manifest.json input the
+    study build, which would replace the rater links - into the report's DAG whenever their own
+    inputs are newer. By the absolute path Snakemake only checks that the file exists (and
+    rebuilds the report when it changes); it never schedules the study."""
+    p = Path(path)
+    return [str(p.resolve())] if p.is_file() else []

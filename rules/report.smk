@@ -1,4 +1,14 @@
 # The report: reports/main.pdf from the metrics table, the run folders and each cell's config.
+import sys
+
+from db3d.errors import ConfigError
+
+# Planning-time check of the ablation tables named in the config (missing table, unknown column,
+# a value the schema refuses, partial_steps > full_steps): one line and exit 1, before any job.
+try:
+    wf.check_ablations(config)
+except ConfigError as _e:
+    sys.exit(f"db3d: error: {_e}")
 
 
 rule cell_config:
@@ -19,6 +29,13 @@ rule report:
     input:
         metrics="results/metrics.tsv",
         configs=expand("runs/{setting}/config.json", setting=ALL_SETTINGS),
+        # what the report reads from the run folders and data/ (galleries, losses.json, photos);
+        # all of it is upstream of the metrics already, so this adds no job
+        runs=wf.report_inputs(config, ALL_SETTINGS),
+        ablation_tables=expand("ablations/{name}.tsv", name=config.get("ablations", [])),
+        # results/userstudy.tsv when it exists, by its absolute path, so the report never schedules
+        # the user study (wf.userstudy_report_input; answers come from people)
+        userstudy=lambda w: wf.userstudy_report_input(),
     output:
         "reports/main.pdf",
     params:

@@ -1,7 +1,11 @@
-"""The report builds from a small synthetic metrics table and a fake runs folder."""
+"""The report builds from a small synthetic metrics table and a fake runs folder; the failure cases
+are the known worst ones; the ablation tables are checked at planning time."""
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,17 +14,35 @@ import pytest
 import yaml
 
 # the repo root on sys.path when db3d is not installed (no conftest/pythonpath setting yet)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 pypdf = pytest.importorskip("pypdf")
 pytest.importorskip("typst")
 
+from db3d import workflow as wf  # noqa: E402
 from db3d.config import DEFAULT_CONFIG_PATH  # noqa: E402
+from db3d.errors import ConfigError  # noqa: E402
+from db3d.eval.table import read_metrics  # noqa: E402
 from db3d.report import PAPER_VALUES, build_report  # noqa: E402
 from db3d.report.build import VARIANT_ORDER, mean_se  # noqa: E402
+from db3d.report.select import loss_divergence, primary_model, select_failure_cases  # noqa: E402
 
 VARIANTS = ["latent_nerf", "naive", "dreambooth3d", "single_stage"]
 SUBJECTS = ["dog", "teapot"]
+CLIP = ["ViT-B-16", "ViT-B-32", "ViT-L-14"]
+DINO = "dino-vits16"
+MAIN = [("seed~0", 0), ("seed~1", 1)]
+# the recon_weight sweep: two values x two seeds; evaluated for DreamBooth3D and the naive baseline
+ABLATION = [(f"recon_weight~{w}/seed~{s}", s) for w in ("0.0", "10.0") for s in (0, 1)]
+ABLATION_VARIANTS = ["dreambooth3d", "naive"]
+# planted worst cases (the selection must find exactly these)
+WORST_JANUS = ("seed~1", "teapot", "naive")          # DINO janus 0.95; others <= 0.3
+DECOY_JANUS = ("seed~0", "dog", "naive")              # ViT-L-14 janus 0.99: not the primary model
+LOWEST_DINO = ("seed~0", "dog", "single_stage")       # DINO-I 0.01; others >= 0.4
+DECOY_CLIP_I = ("seed~0", "teapot", "latent_nerf")    # CLIP-I 0.0: DINO-I is preferred
+NAN_LOSS = "runs/seed~1/dog/p0/naive/losses.json"     # a NaN loss: ranks first
+BIG_RATIO = "runs/recon_weight~10.0/seed~1/teapot/p0/stage3/losses.json"  # loss grows x20
 
 
 def _cfg(backend: str = "tiny") -> dict:
@@ -28,50 +50,116 @@ def _cfg(backend: str = "tiny") -> dict:
     cfg["backend"] = backend
     cfg["report"] = {"title": "Synthetic <db3d> report #1 $x$ *bold*"}  # markup chars must come out verbatim
     cfg["seed"] = 0
+    cfg["seeds"] = [0, 1]
+    cfg["ablations"] = ["recon_weight"]
     return cfg
 
 
-def _png(path: Path, color: tuple[int, int, int]) -> None:
+def _label(m: str, tiny: bool) -> str:
+    return f"tiny-random({m})" if tiny else m
+
+
+def _png(path: Path, color: tuple[int, int, int], size=(96, 64)) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (96, 64), color).save(path)
+    Image.new("RGB", size, color).save(path)
 
 
-def _fake_inputs(root: Path, tiny: bool = True, ablation: bool = False) -> tuple[Path, Path]:
+def _gif(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    frames = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(8)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def _losses(path: Path, values: list[float], wall: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    steps = [{"step": i, "loss": (None if math.isnan(v) else v)} for i, v in enumerate(values)]
+    path.write_text(json.dumps({"stage": path.parent.name, "steps": steps, "wall_time_s": wall}))
+
+
+def _metric_rows(tiny: bool, full: bool) -> list[str]:
+    """Long-format rows; `full` adds dino_i, clip_i and janus with the planted extremes."""
     rng = np.random.default_rng(0)
+    note = "random-weight models" if tiny else ""
     rows = ["subject\tprompt_id\tvariant\tsetting\tseed\tmetric\tmodel\tvalue\tnote"]
-    settings = [("seed~0", 0), ("seed~1", 1)] + ([("partial_steps~50/seed~0", 0)] if ablation else [])
+    cells = [(s, seed, v) for s, seed in MAIN for v in VARIANTS] + \
+            [(s, seed, v) for s, seed in ABLATION for v in ABLATION_VARIANTS]
     for subject in SUBJECTS:
-        for setting, seed in settings:
-            for v in VARIANTS:
-                for m in ("ViT-B-16", "ViT-B-32", "ViT-L-14"):
-                    label = f"tiny-random({m})" if tiny else m
-                    note = "random-weight models" if tiny else ""
-                    for metric in ("clip_r_precision", "clip_t"):
-                        rows.append(f"{subject}\tp0\t{v}\t{setting}\t{seed}\t{metric}\t{label}\t"
-                                    f"{rng.uniform(0, 1):.6f}\t{note}")
+        for setting, seed, v in cells:
+            run = (setting, subject, v)
+
+            def add(metric, model, value):
+                rows.append(f"{subject}\tp0\t{v}\t{setting}\t{seed}\t{metric}\t{_label(model, tiny)}\t{value:.6f}\t{note}")
+
+            for m in CLIP:
+                add("clip_r_precision", m, rng.uniform(0, 1))
+                add("clip_t", m, rng.uniform(-0.1, 0.3))
+                if full:
+                    add("clip_i", m, 0.0 if (run == DECOY_CLIP_I and m == "ViT-B-32") else rng.uniform(0.4, 0.9))
+                    add("janus", m, 0.99 if (run == DECOY_JANUS and m == "ViT-L-14") else rng.uniform(-0.3, 0.3))
+            if full:
+                add("dino_i", DINO, 0.01 if run == LOWEST_DINO else rng.uniform(0.4, 0.9))
+                add("janus", DINO, 0.95 if run == WORST_JANUS else rng.uniform(-0.3, 0.3))
+    return rows
+
+
+def _fake_inputs(root: Path, tiny: bool = True, full: bool = True) -> tuple[Path, Path]:
     metrics = root / "results" / "metrics.tsv"
     metrics.parent.mkdir(parents=True)
-    metrics.write_text("\n".join(rows) + "\n")
+    metrics.write_text("\n".join(_metric_rows(tiny, full)) + "\n")
 
     runs = root / "runs"
-    for seed in (0, 1):
-        (runs / f"seed~{seed}").mkdir(parents=True)
-        (runs / f"seed~{seed}" / "config.json").write_text(json.dumps({"backend": "tiny", "seed": seed}))
-    for i, subject in enumerate(SUBJECTS):
-        pdir = runs / "seed~0" / subject / "p0"
-        _png(pdir / "eval" / "dreambooth3d" / "contact_sheet.png", (200, 40 * i, 40))
-        _png(pdir / "eval" / "naive" / "contact_sheet.png", (40, 200, 40 * i))
-        (pdir / "eval" / "naive" / "retrieval_pool.json").write_text(json.dumps({"prompt": f"a sks {subject}"}))
-        _png(pdir / "stage1" / "turntable.png", (40, 40, 200))
-        _png(pdir / "stage2" / "pseudo_views.png", (120, 120, 120))
-        (pdir / "stage1" / "losses.json").write_text(json.dumps({"wall_time_s": 12.5 + i, "losses": []}))
+    df = read_metrics(metrics)
+    for i, (setting, subject, variant) in enumerate(sorted(set(zip(df["setting"], df["subject"], df["variant"])))):
+        ev = runs / setting / subject / "p0" / "eval" / variant
+        _gif(ev / "turntable.gif", i)
+        (ev / "retrieval_pool.json").write_text(json.dumps({"prompt": f"a sks {subject}"}))
+        (ev / "eval_info.json").write_text(json.dumps({"azimuth_deg": [0, 45, 90, 135, -180, -135, -90, -45],
+                                                       "timing_s": {"total": 2.0}}))
+        # every stage folder this run's NeRF went through, where db3d.workflow says it is
+        for stage in wf.VARIANT_STAGES[variant]:
+            rel = wf.stage_file(setting, stage, subject, "p0", which=1)
+            if rel is None or (root / rel).exists():
+                continue
+            ramp = [100.0 - i for i in range(40)]  # decreasing: ratio < 1
+            _losses(root / rel, ramp, 10.0 + len(rel) % 7)
+        for stage in ("stage1", "stage3"):
+            png = root / wf.stage_dir(setting, stage, subject, "p0") / stage / "turntable.png"
+            if not png.exists():
+                _png(png, (40, 40, 200), (128, 16))
+        pv = root / wf.stage_dir(setting, "stage2", subject, "p0") / "stage2" / "pseudo_views.png"
+        if not pv.exists():
+            _png(pv, (120, 120, 120), (128, 32))
+    _losses(root / NAN_LOSS, [100.0] * 20 + [float("nan")] + [100.0] * 19, 11.0)
+    _losses(root / BIG_RATIO, [10.0] * 10 + [50.0] * 20 + [200.0] * 10, 12.0)
+    for setting in sorted(set(df["setting"])):
+        (runs / setting).mkdir(parents=True, exist_ok=True)
+        (runs / setting / "config.json").write_text(json.dumps({"backend": "tiny", "setting": setting}))
+    for k, subject in enumerate(SUBJECTS):
+        for j in range(3):
+            _png(root / "data" / "subjects" / subject / "images_64" / f"{j:02d}.png", (200, 60 * j, 40 * k), (64, 64))
+    # user study: docs/userstudy.md columns; subject vs naive = 7 of 10 (Wilson [0.396778, 0.892209])
+    us = ["question\tquestion_text\tbaseline\tbaseline_name\traters_kept\traters_dropped\tn_raters\tn_responses\t"
+          "n_prefer_method\trate\tci_low\tci_high\tp_value\tn_pairs\tpairs_method\tpairs_baseline\tpairs_tied\t"
+          "pair_rate\tpair_ci_low\tpair_ci_high\tpair_p_value\tfleiss_kappa\tkappa_items"]
+    for q in ("subject", "consistency", "prompt"):
+        for b, name in (("latent_nerf", "Latent-NeRF"), ("naive", "DreamBooth+Fusion")):
+            if (q, b) == ("subject", "naive"):
+                us.append(f"{q}\tWhich?\t{b}\t{name}\t5\t1\t5\t10\t7\t0.7\t0.396778\t0.892209\t0.34375\t2\t2\t0\t0\t"
+                          "1\t0.342372\t1\t0.5\t0.2099\t2")
+            else:
+                us.append(f"{q}\tWhich?\t{b}\t{name}\t5\t1\t5\t10\t5\t0.5\t0.236593\t0.763407\t1\t2\t1\t1\t0\t"
+                          "0.5\t0.094531\t0.905469\t1\t\t2")
+    (root / "results" / "userstudy.tsv").write_text("\n".join(us) + "\n")
     return metrics, runs
 
 
 def _pages_text(pdf: Path) -> list[str]:
-    return [p.extract_text() for p in pypdf.PdfReader(str(pdf)).pages]
+    return [" ".join(p.extract_text().split()) for p in pypdf.PdfReader(str(pdf)).pages]
 
 
 def _first_page_with(pages: list[str], needle: str, start: int = 1) -> int:
@@ -81,66 +169,148 @@ def _first_page_with(pages: list[str], needle: str, start: int = 1) -> int:
     return hits[0]
 
 
-def test_report_builds_with_expected_content(tmp_path):
-    metrics, runs = _fake_inputs(tmp_path)
-    out = build_report(_cfg("tiny"), metrics, runs, tmp_path / "reports" / "main.pdf")
-    assert out.is_file() and out.read_bytes().startswith(b"%PDF")
-    pages = _pages_text(out)
-    text = "\n".join(pages)
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    metrics, runs = _fake_inputs(root)
+    return root, metrics, runs
 
+
+@pytest.fixture(scope="module")
+def built(synthetic):
+    root, metrics, runs = synthetic
+    out = build_report(_cfg("tiny"), metrics, runs, root / "reports" / "main.pdf")
+    return out, _pages_text(out), root / "reports" / "build" / "main"
+
+
+def test_report_pages_and_tables(built, synthetic):
+    out, pages, _ = built
+    root, metrics, _ = synthetic
+    assert out.is_file() and out.read_bytes().startswith(b"%PDF")
+    text = "\n".join(pages)
     # title page: title verbatim (markup characters not interpreted) and the random-weight warning
     assert "Synthetic <db3d> report #1 $x$ *bold*" in pages[0]
-    assert "random-weight models and mean nothing" in " ".join(pages[0].split())
-    # sections in order, each starting on its own page
-    order = [_first_page_with(pages, h) for h in ("CLIP R-Precision (R@1)", "Subject: dog", "Subject: teapot",
-                                                    "Provenance")]
+    assert "random-weight models and mean nothing" in pages[0]
+    # sections in order, each on its own page(s)
+    order = [_first_page_with(pages, h) for h in ("CLIP R-Precision (R@1)", "Ablation: recon_weight",
+                                                    "Worst Janus score", "prefer DreamBooth3D", "Subject: dog",
+                                                    "Subject: teapot", "Resolved configs")]
     assert order == sorted(order) and len(set(order)) == len(order), order
-    assert order[0] >= 1  # results are not on the title page
-    assert _first_page_with(pages, "No responses yet") >= order[-1]
-    # table headers, variant names, models, paper column
-    for needle in ("Variant", "ours", "paper ViT-B/16", "paper ViT-L/14", "tiny-random(ViT-B-16)", "tiny-random(ViT-L-14)",
-                   "Latent-NeRF", "DreamBooth+Fusion", "DreamBooth3D", "Single stage", *VARIANTS):
+    # main table: paper column (n/a: never a made-up number), models, variants
+    for needle in ("paper ViT-B/16", "paper ViT-L/14", "tiny-random(ViT-B-16)", "Latent-NeRF", "DreamBooth+Fusion",
+                   "DreamBooth3D", *VARIANTS):
         assert needle in text, needle
-    # unknown paper values print n/a, never a made-up number
     if all(v is None for row in PAPER_VALUES.values() for v in row.values()):
         assert "n/a" in text
-    # one mean ± s.e. computed by hand appears in the table
-    rows = [line.split("\t") for line in metrics.read_text().splitlines()[1:]]
-    vals = [float(r[7]) for r in rows if r[2] == "dreambooth3d" and r[5] == "clip_r_precision"
-            and r[6] == "tiny-random(ViT-B-16)"]
-    mean, se, n = mean_se(vals)
-    assert n == 4 and f"{mean:.3f} ± {se:.3f}" in text
-    # provenance: config hashes and wall times from the fake runs
-    assert "seed~0" in text and "seed~1" in text and "stage1" in text
-    # gallery pages carry the images (image XObjects), and the build folder holds the copies
-    reader = pypdf.PdfReader(str(out))
-    dog_page = reader.pages[_first_page_with(pages, "Subject: dog")]
-    assert len(dog_page.images) >= 4
-    assert "prompt: a sks dog" in pages[_first_page_with(pages, "Subject: dog")]
+    # one mean ± s.e. by hand: DreamBooth3D, R@1, ViT-B-16, over the seed~N settings only (n = 4)
+    df = read_metrics(metrics)
+    vals = df[(df["variant"] == "dreambooth3d") & (df["metric"] == "clip_r_precision")
+              & (df["model"] == "tiny-random(ViT-B-16)") & df["setting"].str.fullmatch(r"seed~\d+")]["value"]
+    mean, se, n = mean_se(vals.tolist())
+    assert n == 4 and f"{mean:.3f} ± {se:.3f}" in pages[_first_page_with(pages, "CLIP R-Precision (R@1)")]
+    # fidelity and Janus tables (present in this table)
+    results = " ".join(pages[1:order[1]])
+    assert "Subject fidelity (DINO-I, CLIP-I)" in results and "DINO-I dino-vits16" in results
+    assert "Janus score" in results and "CLIP-I ViT-L-14" in results
+    # ablation: one table row per value x dependent variant; naive does not depend on recon_weight
+    abl = pages[order[1]]
+    assert "recon_weight = 0.0" in abl and "recon_weight = 10.0" in abl and "stage3.recon_weight" in abl
+    assert "not shown (their NeRF does not depend on it): naive" in abl
+    assert "Seeds per cell: 2 (0, 1). Fewer than 3" in abl
+    # user study table from results/userstudy.tsv (7 of 10 with its Wilson interval)
+    us = pages[order[3]]
+    assert "0.70 [0.40, 0.89]" in us and "No responses yet" not in text
+    # galleries: photos, stage rows, variants; provenance
+    dog = pages[order[4]]
+    for needle in ("Input photos", "Initial NeRF (stage 1)", "Pseudo views (stage 2)", "Final NeRF (DreamBooth3D)",
+                   "Naive baseline", "prompt: a sks dog"):
+        assert needle in dog, needle
+    assert len(pypdf.PdfReader(str(out)).pages[order[4]].images) >= 6
+    prov = " ".join(pages[order[6] - 1:])
+    assert "recon_weight~10.0/seed~1" in prov and "dreambooth_multiview" in prov and "evaluate" in prov
+
+
+def test_every_figure_and_image_exists(built):
+    _, _, build_dir = built
+    data = json.loads((build_dir / "data.json").read_text())
+    paths: list[str] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k in ("path", "figure") and isinstance(v, str):
+                    paths.append(v)
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    assert len(paths) >= 20
+    for p in paths:
+        assert (build_dir / p).is_file() and (build_dir / p).stat().st_size > 0, p
+    figs = {p for p in paths if p.startswith("fig/")}
+    assert {"fig/metrics.png", "fig/ablation_01.png", "fig/userstudy.png"} <= figs
+    assert any(p.startswith("fig/loss_") for p in figs)
+    # every failure case carries images, and the ablation its image rows
+    assert all(f["rows"] for f in data["failures"]) and data["ablations"][0]["strips"]
+
+
+def test_failure_cases_pick_the_known_worst(synthetic, built, tmp_path):
+    root, metrics, runs = synthetic
+    df = read_metrics(metrics)
+    cases = {c.kind: c for c in select_failure_cases(df, runs)}
+    assert set(cases) == {"janus", "fidelity", "divergence"}
+    j, f, d = cases["janus"], cases["fidelity"], cases["divergence"]
+    assert (j.setting, j.subject, j.variant, j.model) == (*WORST_JANUS, "tiny-random(dino-vits16)")
+    assert j.value == pytest.approx(0.95)
+    assert (f.setting, f.subject, f.variant) == LOWEST_DINO and f.value == pytest.approx(0.01)
+    assert d.detail == NAN_LOSS and "1 of 40 steps non-finite" in d.metric
+    # the PDF names them
+    _, pages, _ = built
+    page = pages[_first_page_with(pages, "Worst Janus score")]
+    assert "setting seed~1, subject teapot, prompt p0, variant naive" in page
+    # without the NaN run, the largest last/first-quarter ratio wins (200 / 10)
+    good = [100.0 - i for i in range(40)]
+    (root / NAN_LOSS).write_text(json.dumps({"steps": [{"loss": v} for v in good]}))
+    try:
+        d = {c.kind: c for c in select_failure_cases(df, runs)}["divergence"]
+    finally:
+        _losses(root / NAN_LOSS, [100.0] * 20 + [float("nan")] + [100.0] * 19, 11.0)
+    assert d.detail == BIG_RATIO and d.value == pytest.approx(20.0)
+    assert (d.setting, d.subject, d.variant, d.stage) == ("recon_weight~10.0/seed~1", "teapot", "dreambooth3d", "stage3")
+
+
+def test_loss_divergence_and_primary_model():
+    assert loss_divergence([4, 4, 2, 2, 1, 1, 1, 1]) == {"ratio": 0.25, "nonfinite": 0, "steps": 8, "finite": 8}
+    d = loss_divergence([1.0, float("inf"), 2.0, float("nan")])
+    assert d["nonfinite"] == 2 and d["ratio"] == math.inf  # last quarter has no finite loss
+    assert loss_divergence([1.0]) is None
+    assert primary_model(["tiny-random(ViT-B-32)", "tiny-random(dino-vits16)", "tiny-random(ViT-L-14)"]) == \
+        "tiny-random(dino-vits16)"
+    assert primary_model(["ViT-B-32", "ViT-L-14", "ViT-B-16"]) == "ViT-L-14"
 
 
 def test_report_is_reproducible_and_real_backend_has_no_warning(tmp_path):
-    metrics, runs = _fake_inputs(tmp_path, tiny=False, ablation=True)
+    # an older metrics table: CLIP metrics only -> no fidelity/Janus tables, no Janus/fidelity failure
+    metrics, runs = _fake_inputs(tmp_path, tiny=False, full=False)
+    (tmp_path / "results" / "userstudy.tsv").unlink()
     cfg = _cfg("sd")
-    pdf_a = build_report(cfg, metrics, runs, tmp_path / "a" / "main.pdf")
-    bytes_a = pdf_a.read_bytes()
-    a = _pages_text(pdf_a)
-    b = _pages_text(build_report(cfg, metrics, runs, tmp_path / "a" / "main.pdf"))
-    assert a == b
-    # no clock, no paths: even another output folder gives the same bytes
-    assert build_report(cfg, metrics, runs, tmp_path / "b" / "main.pdf").read_bytes() == bytes_a
-    text = "\n".join(a)
-    assert "mean nothing" not in text and "tiny-random" not in text
-    assert "ViT-B-16" in text and "No responses yet" in text
-    # ablation cells get their own table and stay out of the main one (n = 2 subjects x 2 seeds)
-    assert "Per experiment setting" in text and "partial_steps~50/seed~0: DreamBooth3D" in text
+    bytes_a = build_report(cfg, metrics, runs, tmp_path / "a" / "main.pdf").read_bytes()
+    # no clock, no paths: another output folder gives the same bytes
+    bytes_b = build_report(cfg, metrics, runs, tmp_path / "b" / "main.pdf").read_bytes()
+    assert bytes_a == bytes_b
+    text = "\n".join(_pages_text(tmp_path / "b" / "main.pdf"))
+    assert "mean nothing" not in text and "tiny-random" not in text and "ViT-B-16" in text
+    assert "Subject fidelity" not in text and "Janus score (" not in text and "Worst Janus" not in text
+    assert "Highest loss divergence" in text and "No responses yet" in text
+    # ablation cells stay out of the main table (n = 2 subjects x 2 seeds)
     main = text.split("CLIP-T (mean cosine")[0]
-    assert "partial_steps" not in main.split("Variant")[1] and "latent_nerf\n4 " in main
+    assert "recon_weight" not in main.split("Variant")[1] and "latent_nerf 4 " in main
 
 
-def test_report_fonts_are_embedded(tmp_path):
-    metrics, runs = _fake_inputs(tmp_path)
-    out = build_report(_cfg(), metrics, runs, tmp_path / "main.pdf")
+def test_report_fonts_are_embedded(built):
+    out, _, _ = built
     reader = pypdf.PdfReader(str(out))
     fonts = {}
     for page in reader.pages:
@@ -162,6 +332,73 @@ def test_report_without_results_yet(tmp_path):
     metrics = tmp_path / "metrics.tsv"
     metrics.write_text("subject\tprompt_id\tvariant\tsetting\tseed\tmetric\tmodel\tvalue\tnote\n")
     out = build_report(_cfg("tiny"), metrics, tmp_path / "no-runs", tmp_path / "main.pdf")
-    text = "\n".join(_pages_text(out))
+    text = " ".join(_pages_text(out))
     assert "No rendered views were found" in text and "No responses yet" in text
+    assert "No ablation cells in the metrics table" in text and "No failure case could be chosen" in text
     assert "tiny-random(ViT-B-32)" in text and "mean nothing" in text
+
+
+# ----------------------------------------------------------------------------- ablation tables
+def test_shipped_ablation_tables_are_valid_on_their_configs():
+    tiny = yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text())
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    from db3d.config import merge_into
+
+    paper = merge_into(yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text()), paper)
+    names = sorted(p.stem for p in (REPO / "ablations").glob("*.tsv"))
+    assert {"partial_steps", "partial_steps_tiny", "recon_weight", "noise_level", "pseudo_views", "multiview_steps",
+            "guidance_scale"} <= set(names)
+    for name in names:
+        wf.check_ablations(dict(paper, ablations=[name]), REPO / "ablations")
+        if name != "partial_steps":
+            wf.check_ablations(dict(tiny, ablations=[name]), REPO / "ablations")
+    # the paper-scale partial_steps table on the tiny default: one line naming the fix
+    with pytest.raises(ConfigError) as e:
+        wf.check_ablations(dict(tiny, ablations=["partial_steps"]), REPO / "ablations")
+    msg = str(e.value)
+    assert "\n" not in msg and "partial_steps 150, 300, 800 exceed dreambooth.full_steps (60)" in msg
+    assert "config/paper.yaml" in msg and "partial_steps_tiny" in msg
+    with pytest.raises(ConfigError, match="no table .*ablations/nosuch.tsv"):
+        wf.check_ablations(dict(tiny, ablations=["nosuch"]), REPO / "ablations")
+    # paper's values: 800 = the full DreamBooth (naive case); the tiny table ends at the tiny full_steps
+    assert wf.ablation_settings(dict(paper, ablations=["partial_steps"]), REPO / "ablations")[-3:] == \
+        ["partial_steps~800/seed~0", "partial_steps~800/seed~1", "partial_steps~800/seed~2"]
+    assert f"partial_steps~{tiny['dreambooth']['full_steps']}/seed~0" in \
+        wf.ablation_settings(dict(tiny, ablations=["partial_steps_tiny"]), REPO / "ablations")
+
+
+def test_bad_cells_are_caught_with_one_line(tmp_path):
+    tiny = yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text())
+    (tmp_path / "bad_noise.tsv").write_text("noise_level\n0.5\n1.5\n")
+    (tmp_path / "bad_column.tsv").write_text("no_such_knob\n1\n")
+    with pytest.raises(ConfigError, match=r"bad_noise.tsv: cell noise_level~1.5/seed~0: .*noise_level"):
+        wf.check_ablations(dict(tiny, ablations=["bad_noise"]), tmp_path)
+    with pytest.raises(ConfigError, match="bad_column.tsv: cell no_such_knob~1/seed~0: unknown config key"):
+        wf.check_ablations(dict(tiny, ablations=["bad_column"]), tmp_path)
+
+
+def test_report_inputs_reuse_upstream_stages():
+    cfg = dict(yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text()), ablations=["recon_weight"])
+    settings = wf.main_settings(cfg) + wf.ablation_settings(cfg, REPO / "ablations")
+    inputs = wf.report_inputs(cfg, settings)
+    assert inputs == sorted(set(inputs))
+    assert "runs/seed~0/dog/dreambooth/losses.json" in inputs
+    assert "runs/recon_weight~0.0/seed~0/dog/plain/stage3/losses.json" in inputs
+    assert "runs/recon_weight~0.0/seed~0/dog/plain/eval/naive/turntable.gif" in inputs
+    # the sweep reads no DreamBooth, stage-1, stage-2 or baseline NeRF of its own
+    for p in inputs:
+        if p.startswith("runs/recon_weight"):
+            assert "/eval/" in p or "/stage3/" in p, p
+    # no variant outside config["variants"] is asked for
+    only = dict(cfg, variants=["dreambooth3d"])
+    assert not any("/naive/" in p or "latent_nerf" in p for p in wf.report_inputs(only, settings))
+
+
+def test_dry_run_stops_on_the_paper_scale_table_in_one_line():
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "reports/main.pdf", "-n", "--config",
+                          "ablations=[partial_steps]"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 1
+    last = (res.stdout + res.stderr).strip().splitlines()[-1]
+    assert last.startswith("db3d: error: ablations/partial_steps.tsv: partial_steps 150, 300, 800 exceed"), last
+    assert "Traceback" not in res.stdout + res.stderr

@@ -1,0 +1,161 @@
+"""The report's matplotlib figures (Agg canvas, PNG without a timestamp: same data -> same bytes)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb"]
+MARKERS = ["o", "s", "D", "^", "v", "P", "X"]
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=200)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def rprecision_figure(path: Path, stats_r: dict, stats_t: dict, variants: list[str], models: list[str],
+                      names: dict, paper: dict, base_model, tiny: bool) -> None:
+    """Bar charts of R@1 and CLIP-T per variant (bars: CLIP models; error bars: s.e.)."""
+    fig = _figure(9.0, 3.4)
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(len(models), 1)
+    xs = list(range(len(variants)))
+    for ax, stats, title, with_paper in ((axes[0], stats_r, "CLIP R-Precision (R@1)", True),
+                                         (axes[1], stats_t, "CLIP-T (view-prompt cosine)", False)):
+        for j, m in enumerate(models):
+            off = (j - (len(models) - 1) / 2) * width
+            means = [stats.get((v, m), (float("nan"), None, 0))[0] for v in variants]
+            errs = [stats.get((v, m), (0, None, 0))[1] or 0.0 for v in variants]
+            ax.bar([x + off for x in xs], [0 if math.isnan(y) else y for y in means], width, yerr=errs,
+                   capsize=2, color=COLORS[j % len(COLORS)], label=m, error_kw={"elinewidth": 0.8})
+            if with_paper:
+                pv = [(x + off, paper.get(v, {}).get(base_model(m))) for x, v in zip(xs, variants)]
+                pv = [(x, y) for x, y in pv if y is not None]
+                if pv:
+                    ax.plot([p[0] for p in pv], [p[1] for p in pv], "kD", markersize=4,
+                            label="paper" if j == 0 else None)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([names.get(v, v).split(" (")[0] for v in variants], fontsize=7, rotation=12)
+        ax.set_title(title + (" - random weights" if tiny else ""), fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.6)
+        ax.set_axisbelow(True)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize=6, loc="upper left", frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _xscale(ax, xs: list[float]) -> None:
+    pos = sorted(x for x in xs if x > 0)
+    if not pos or len(xs) < 3:
+        return
+    if min(xs) > 0 and pos[-1] / pos[0] >= 20:
+        ax.set_xscale("log")
+    elif min(xs) == 0 and len(pos) >= 2 and pos[-1] / pos[0] >= 20:
+        ax.set_xscale("symlog", linthresh=pos[0])
+
+
+def ablation_figure(path: Path, param: str, panels: list[dict], default: float | None, tiny: bool,
+                    xlabels: dict[float, str] | None = None) -> None:
+    """One panel per metric: mean +- s.e. against the swept value, one line per series.
+
+    panels: [{"title", "ylabel", "series": [{"label", "x": [...], "y": [...], "se": [...]}]}]
+    Points are numeric x (`xlabels` names them for a non-numeric sweep); `default` (the config's
+    value) is marked with a dotted line."""
+    n = max(len(panels), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(3.1 * cols, 2.5 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_visible(False)
+            continue
+        p = panels[k]
+        allx = []
+        for j, s in enumerate(p["series"]):
+            allx += s["x"]
+            ax.errorbar(s["x"], s["y"], yerr=[e or 0.0 for e in s["se"]], marker=MARKERS[j % len(MARKERS)],
+                        markersize=3.5, linewidth=1.0, capsize=2.5, elinewidth=0.8,
+                        color=COLORS[j % len(COLORS)], label=s["label"])
+        if xlabels is None:
+            _xscale(ax, sorted(set(allx)))
+        if default is not None:
+            ax.axvline(default, color="0.4", linestyle=":", linewidth=0.9, label="config default")
+        xt = sorted(set(allx))
+        if xt:
+            ax.set_xticks(xt)
+            ax.set_xticklabels([xlabels.get(x, f"{x:g}") if xlabels else f"{x:g}" for x in xt], fontsize=6.5)
+            ax.minorticks_off()
+        ax.set_title(p["title"] + (", random weights" if tiny else ""), fontsize=7.5)
+        ax.set_xlabel(param, fontsize=7)
+        ax.set_ylabel(p["ylabel"], fontsize=7)
+        ax.tick_params(axis="y", labelsize=6.5)
+        ax.grid(linewidth=0.3, alpha=0.6)
+        ax.set_axisbelow(True)
+        if k == 0:
+            ax.legend(fontsize=5.5, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def userstudy_figure(path: Path, items: list[dict]) -> None:
+    """Preference for DreamBooth3D with its Wilson 95% interval, one row per question x baseline.
+
+    items: [{"label", "rate", "lo", "hi"}] (rate may be NaN)."""
+    fig = _figure(7.0, 0.35 * max(len(items), 1) + 0.9)
+    ax = fig.subplots(1, 1)
+    ys = list(range(len(items)))[::-1]
+    for y, it in zip(ys, items):
+        if it["rate"] is None or math.isnan(it["rate"]):
+            continue
+        lo, hi = it["lo"], it["hi"]
+        xerr = [[it["rate"] - lo], [hi - it["rate"]]] if lo is not None and hi is not None else None
+        ax.errorbar([it["rate"]], [y], xerr=xerr, fmt="o", color=COLORS[0], markersize=4, capsize=3, elinewidth=1)
+    ax.axvline(0.5, color="0.4", linestyle=":", linewidth=0.9)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([it["label"] for it in items], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of answers preferring DreamBooth3D (95% Wilson interval); dotted: no preference",
+                  fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def loss_figure(path: Path, losses: list[float], title: str) -> None:
+    """Loss per step (log scale when positive), non-finite steps marked on the x axis."""
+    fig = _figure(6.0, 2.0)
+    ax = fig.subplots(1, 1)
+    xs = list(range(len(losses)))
+    fin = [(x, y) for x, y in zip(xs, losses) if math.isfinite(y)]
+    bad = [x for x, y in zip(xs, losses) if not math.isfinite(y)]
+    if fin:
+        ax.plot([x for x, _ in fin], [y for _, y in fin], color=COLORS[0], linewidth=0.8)
+        ys = [y for _, y in fin]
+        if min(ys) > 0 and max(ys) / min(ys) > 100:
+            ax.set_yscale("log")
+    if bad:
+        ax.plot(bad, [0.0] * len(bad) if not fin else [min(y for _, y in fin)] * len(bad), "x", color=COLORS[1],
+                markersize=4, label="non-finite loss")
+        ax.legend(fontsize=6, frameon=False)
+    n = len(losses)
+    q = max(1, n // 4)
+    for a, b in ((0, q), (n - q, n)):
+        ax.axvspan(a - 0.5, b - 0.5, color="0.9", zorder=0)
+    ax.set_title(title + " (shaded: the quarters compared)", fontsize=7)
+    ax.set_xlabel("step", fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.grid(linewidth=0.3, alpha=0.6)
+    fig.tight_layout()
+    _save(fig, path)
