@@ -12,11 +12,18 @@ configfile: "config/config.yaml"
 validate(config, "config/schema.yaml")
 
 import json
+import sys
 
 import db3d.workflow as wf
+from db3d.errors import Db3dError
 
 MAIN_SETTINGS = wf.main_settings(config)
-ABLATION_SETTINGS = wf.ablation_settings(config)
+# Planning-time check of the ablation tables named in the config (missing table, unknown column,
+# a value the schema refuses, partial_steps > full_steps): one line and exit 1, before any job.
+try:
+    ABLATION_SETTINGS = wf.checked_ablation_settings(config)
+except Db3dError as e:
+    sys.exit(f"db3d: error: {e}")
 ALL_SETTINGS = MAIN_SETTINGS + [s for s in ABLATION_SETTINGS if s not in MAIN_SETTINGS]
 
 

@@ -16,6 +16,7 @@ resume state (`.resume.pt` beside the outputs).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
                     prior_loss_weight=db["prior_loss_weight"], train_text_encoder=db["train_text_encoder"],
                     lora_rank=db["lora_rank"], seed=cfg["seed"], checkpoints=checkpoints,
                     resume_path=out_dir / f".resume_{losses_path.stem}.pt")
+    if pseudo_views is None and db["partial_steps"] == db["full_steps"]:
+        # one step, two names (the naive case of the partial_steps ablation): the dict above
+        # kept one of them, so the partial model is the full one
+        with atomic_path(out_dir / "partial.safetensors") as tmp:
+            shutil.copyfile(out_dir / "full.safetensors", tmp)
     write_json(losses_path, {"stage": "dreambooth" if pseudo_views is None else "dreambooth_multiview",
                              "steps": records, "wall_time_s": time.time() - start,
                              "num_instance_images": len(images), "instance_prompts": sorted(set(prompts))})

@@ -149,12 +149,26 @@ def ablation_settings(config: dict, ablation_dir: str | Path = "ablations") -> l
     return cells
 
 
+def variant_depends_on_setting(setting: str, variant: str) -> bool:
+    """Whether a cell's parameters (beyond the seed) reach this variant's NeRF. A cell whose
+    parameters only touch stage 3 (recon_weight) leaves the baselines and stage 1 as they are in
+    the main run, so evaluating them again would only repeat the main run's numbers."""
+    reduced = parse_setting(stage_setting(setting, VARIANT_NERF[variant][0]))
+    return any(k != "seed" for k in reduced)
+
+
+def evaluated_variants(config: dict, setting: str) -> list[str]:
+    """Every variant of a main cell (seed only); in an ablation cell, the variants it changes."""
+    main = set(parse_setting(setting)) <= {"seed"}
+    return [v for v in config["variants"] if main or variant_depends_on_setting(setting, v)]
+
+
 def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
     return [f"runs/{s}/{subj}/{pid}/eval/{variant}/metrics.tsv"
             for s in settings
             for subj in subjects(config)
             for pid in prompt_ids(config, subj)
-            for variant in config["variants"]]
+            for variant in evaluated_variants(config, s)]
 
 
 def variant_nerf(setting: str, subject: str, prompt_id: str, variant: str) -> str:
@@ -236,7 +250,7 @@ def report_inputs(config: dict, settings: Iterable[str]) -> list[str]:
         out.add(f"data/subjects/{subj}/meta.json")
         for pid in prompt_ids(config, subj):
             for s in settings:
-                for variant in config["variants"]:
+                for variant in evaluated_variants(config, s):
                     ev = f"runs/{s}/{subj}/{pid}/eval/{variant}"
                     out.update((f"{ev}/turntable.gif", f"{ev}/contact_sheet.png"))
                     out.update(stage_file(s, st, subj, pid) for st in VARIANT_STAGES[variant])

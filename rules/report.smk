@@ -1,14 +1,4 @@
 # The report: reports/main.pdf from the metrics table, the run folders and each cell's config.
-import sys
-
-from db3d.errors import ConfigError
-
-# Planning-time check of the ablation tables named in the config (missing table, unknown column,
-# a value the schema refuses, partial_steps > full_steps): one line and exit 1, before any job.
-try:
-    wf.check_ablations(config)
-except ConfigError as _e:
-    sys.exit(f"db3d: error: {_e}")
 
 
 rule cell_config:

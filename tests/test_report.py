@@ -384,7 +384,9 @@ def test_report_inputs_reuse_upstream_stages():
     assert inputs == sorted(set(inputs))
     assert "runs/seed~0/dog/dreambooth/losses.json" in inputs
     assert "runs/recon_weight~0.0/seed~0/dog/plain/stage3/losses.json" in inputs
-    assert "runs/recon_weight~0.0/seed~0/dog/plain/eval/naive/turntable.gif" in inputs
+    assert "runs/recon_weight~0.0/seed~0/dog/plain/eval/dreambooth3d/turntable.gif" in inputs
+    # the weight does not reach the baselines: their main-run evaluation stands for the cell
+    assert "runs/recon_weight~0.0/seed~0/dog/plain/eval/naive/turntable.gif" not in inputs
     # the sweep reads no DreamBooth, stage-1, stage-2 or baseline NeRF of its own
     for p in inputs:
         if p.startswith("runs/recon_weight"):

@@ -152,3 +152,13 @@ def test_killed_nerf_run_resumes_to_the_same_result(trained, monkeypatch):
     la = [s["loss"] for s in read_json(run_dir / "straight" / "losses.json")["steps"]]
     lb = [s["loss"] for s in read_json(run_dir / "resumed" / "losses.json")["steps"]]
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_partial_equal_to_full_writes_both_checkpoints(run_dir):
+    """The naive case of the partial_steps ablation (partial = full) still gives partial.safetensors."""
+    cfg = small_config()
+    cfg["dreambooth"].update(partial_steps=2, full_steps=2)
+    stages.class_priors(cfg, "dog", run_dir / "priors_eq")
+    stages.dreambooth(cfg, run_dir / "data" / "dog", run_dir / "priors_eq", run_dir / "db_eq")
+    partial = (run_dir / "db_eq" / "partial.safetensors").read_bytes()
+    assert partial and partial == (run_dir / "db_eq" / "full.safetensors").read_bytes()

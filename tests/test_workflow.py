@@ -62,6 +62,8 @@ def test_ablation_reuses_upstream_stages():
     for rule in ("dreambooth", "nerf_stage1", "pseudo_views", "dreambooth_multiview", "class_priors"):
         assert a[rule] == b[rule], rule
     assert a["nerf_stage3"] == b["nerf_stage3"] + 4 * b["nerf_stage3"]  # 4 weights in the table
+    # only the variant the weight reaches (dreambooth3d) is evaluated again in the new cells
+    assert a["evaluate"] == b["evaluate"] + 4 * b["nerf_stage3"]
 
 
 @pytest.mark.parametrize("profile", ["default", "slurm"])
