@@ -40,6 +40,7 @@ include: "rules/method.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 include: "rules/userstudy.smk"
+include: "rules/bench.smk"
 
 
 rule all:

@@ -121,6 +121,14 @@ def cmd_userstudy_analyse(args: argparse.Namespace) -> None:
             min_attention=args.min_attention)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import main as bench_main
+
+    rc = bench_main(args)
+    if rc:
+        raise SystemExit(rc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -243,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--min-attention", type=float, default=1.0,
                    help="fraction of attention checks a rater must pass to be kept (default 1.0: all)")
     a.set_defaults(func=cmd_userstudy_analyse)
+
+    from .bench.args import add_arguments as bench_arguments
+
+    sp = with_config(sub.add_parser("bench", help="time each stage (iterations/s, peak GPU memory) into "
+                                                  "reports/bench/<name>.tsv + .md, with the projected wall time"))
+    bench_arguments(sp)
+    sp.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,37 @@
+"""`python -m db3d bench`: what each stage of the method costs (iterations/s, peak GPU memory).
+
+One run times, for one backend/config, the units of work the pipeline repeats (docs/performance.md):
+a DreamBooth step, an SDS step (= one `fit_nerf` iteration) at one or more render resolutions,
+a stage-3 iteration, img2img of the stage-2 views, one batch of class-prior sampling, the evaluation
+of one run, the resume/checkpoint writes, plus two reference points (the bare UNet with CFG at
+batch 1; diffusers' own DreamBooth training step on the same model and batch). From the table it
+projects the wall time of one subject through all three stages at the config's iteration counts.
+Variants (`--variant`) A/B optimisations that do not change what is computed (precision,
+channels_last, attention processor, torch.compile, TF32, occupancy grid, deterministic kernels,
+gradient checkpointing, a memory cap).
+
+Modules (imported lazily, so `python -m db3d --help` does not pay for torch):
+- `args`: the command-line arguments and the variant mini-language (torch-free);
+- `workloads`: the timed work, written with the same library calls as the stages;
+- `report`: rows, ratios, the projection, TSV + Markdown output (torch-free);
+- `runner`: config loading, variants, timing, error capture; `run_bench`, `main`.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "add_arguments": "args", "Options": "args", "Variant": "args", "parse_variant": "args",
+    "ROW_KEYS": "args",
+    "Row": "report", "project": "report", "write_tables": "report", "read_table": "report",
+    "add_ratios": "report", "COLUMNS": "report",
+    "run_bench": "runner", "main": "runner", "load_bench_config": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
