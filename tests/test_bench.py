@@ -123,10 +123,18 @@ def test_projection_arithmetic():
     assert p["per_subject_s"] == pytest.approx(689.0)
     assert p["grid"]["seconds"] == pytest.approx(3 * 30 * (689.0 + 4 * 1398.9))
     # a missing row is reported, not guessed
-    p2 = project(cfg, [r for r in rows if r.row != "img2img_views"])
+    p2 = project(cfg, [r for r in rows if r.row != "img2img_views"], db_resume_every=10)
     assert not p2["complete"]
     assert [s["missing"] for s in p2["stages"] if s["stage"] == "stage 2 pseudo views"] == [["img2img_views"]]
     assert p2["total_s"] == pytest.approx(2087.9 - 8.0)
+    # by default DreamBooth saves its resume state by time (every 600 s of training): none in
+    # 800 x 0.3 s = 240 s, one in 800 x 1 s
+    p3 = {s["stage"]: s["seconds"] for s in project(cfg, rows)["stages"]}
+    assert p3["DreamBooth (partial + full)"] == pytest.approx(800 * 0.3 + 2 * 2.0)
+    slow = [Row.timed("base", "dreambooth_step", [1000.0]) if r.row == "dreambooth_step" and r.variant == "base"
+            else r for r in rows]
+    p4 = {s["stage"]: s["seconds"] for s in project(cfg, slow)["stages"]}
+    assert p4["DreamBooth (partial + full)"] == pytest.approx(800 * 1.0 + 1 * 5.0 + 2 * 2.0)
 
 
 def test_variant_language():

@@ -107,8 +107,8 @@ def _lookup(rows: Iterable[Row], variant: str, row: str, res: int | None = None)
     return None
 
 
-def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_every: int = 10,
-            nerf_resume_every: int = 25) -> dict:
+def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_every: int | None = None,
+            nerf_resume_every: int = 25, db_resume_every_s: float = 600.0) -> dict:
     """Projected wall time of one subject and one prompt through the method at the config's counts.
 
     Returns {"stages": [{stage, formula, seconds, missing}], "total_s", "complete",
@@ -128,18 +128,25 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
     def resumes(steps: int, every: int) -> int:
         return max(steps - 1, 0) // max(every, 1)
 
+    def db_resumes(steps: int) -> int:
+        # DreamBooth saves by time (db3d.dreambooth.RESUME_EVERY_S) unless given a step interval
+        if db_resume_every:
+            return resumes(steps, db_resume_every)
+        step_ms = _lookup(rows, variant, "dreambooth_step", None)
+        return int(steps * step_ms / 1000.0 // db_resume_every_s) if step_ms else 0
+
     plan = [
         ("class priors", [term("batches", math.ceil(n_cls / PRIOR_BATCH), "class_prior_batch")]),
         ("DreamBooth (partial + full)", [
             term("steps", full, "dreambooth_step"),
-            term("resume saves", resumes(full, db_resume_every), "dreambooth_resume_save"),
+            term("resume saves", db_resumes(full), "dreambooth_resume_save"),
             term("checkpoints", len({int(db["partial_steps"]), full}), "dreambooth_checkpoint_save")]),
         ("stage 1 NeRF", [term("iters", s1, "sds_step", res),
                           term("resume saves", resumes(s1, nerf_resume_every), "nerf_resume_save")]),
         ("stage 2 pseudo views", [term("runs", 1, "img2img_views")]),
         ("multi-view DreamBooth", [
             term("steps", mv, "dreambooth_step"),
-            term("resume saves", resumes(mv, db_resume_every), "dreambooth_resume_save"),
+            term("resume saves", db_resumes(mv), "dreambooth_resume_save"),
             term("checkpoints", 1, "dreambooth_checkpoint_save")]),
         ("stage 3 NeRF", [term("iters", s3, "sds_step_stage3", res),
                           term("resume saves", resumes(s3, nerf_resume_every), "nerf_resume_save")]),

@@ -307,12 +307,11 @@ class Bench:
     def projection(self) -> dict | None:
         if not any(r.variant == "base" and r.status == "ok" for r in self.rows):
             return None
-        from ..dreambooth import train
+        from ..dreambooth import RESUME_EVERY_S
         from ..stages import RESUME_EVERY
-        import inspect
 
-        db_every = int(inspect.signature(train).parameters["resume_every"].default)
-        return project(self.cfg, self.rows, "base", db_resume_every=db_every, nerf_resume_every=int(RESUME_EVERY))
+        return project(self.cfg, self.rows, "base", nerf_resume_every=int(RESUME_EVERY),
+                       db_resume_every_s=RESUME_EVERY_S)
 
     def _drop_backend(self) -> None:
         self.backend = None
