@@ -25,7 +25,7 @@ rule class_priors:
 
 rule dreambooth:
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
     output:
         partial="runs/{setting}/{subject}/dreambooth/partial.safetensors",
@@ -46,7 +46,7 @@ rule dreambooth:
 
 rule nerf_stage1:
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/stage1/nerf.pt",
@@ -67,7 +67,7 @@ rule nerf_stage1:
 
 rule pseudo_views:
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         nerf=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage1')}/{w.subject}/{w.prompt_id}/stage1/nerf.pt",
         dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
     output:
@@ -88,7 +88,7 @@ rule pseudo_views:
 
 rule dreambooth_multiview:
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
         init=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
         views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
@@ -110,7 +110,7 @@ rule dreambooth_multiview:
 
 rule nerf_stage3:
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'multiview')}/{w.subject}/{w.prompt_id}/stage3/dreambooth_mv.safetensors",
         views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
     output:
@@ -133,7 +133,7 @@ rule nerf_stage3:
 rule nerf_baseline:
     # naive = DreamBooth+Fusion (full DreamBooth -> one SDS NeRF); latent_nerf = the same in latent space
     input:
-        subject="data/subjects/{subject}/meta.json",
+        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
         dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/{baseline}/nerf.pt",
