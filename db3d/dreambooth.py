@@ -71,6 +71,80 @@ def _fingerprint(**kw) -> dict:
     return {k: (sorted((int(s), str(p)) for s, p in v.items()) if isinstance(v, dict) else v) for k, v in kw.items()}
 
 
+class DreamBoothTrainer:
+    """`train`'s set-up and the unit of work its loop repeats, shared with the benchmark.
+
+    Holds the data (instance images with one prompt each, class images and prompt), the trainable
+    parameters (`backend.trainable_parameters`: LoRA adapters / text encoder as asked), AdamW and
+    the grad scaler. `train_step(step)` is optimisation step `step` (1-based); `state_dict()` /
+    `load_state_dict()` carry the trained weights, optimiser, scaler and torch RNG for resuming.
+    """
+
+    def __init__(self, backend: DiffusionBackend, instance_images: torch.Tensor,
+                 instance_prompts: Sequence[str] | str, class_images: torch.Tensor | None, class_prompt: str, *,
+                 lr: float, batch_size: int, prior_loss_weight: float, train_text_encoder: bool, lora_rank: int,
+                 seed: int, max_grad_norm: float = 1.0):
+        n_inst = int(instance_images.shape[0])
+        if n_inst == 0:
+            raise DataError("DreamBooth needs at least one instance image")
+        prompts = [instance_prompts] * n_inst if isinstance(instance_prompts, str) else list(instance_prompts)
+        if len(prompts) != n_inst:
+            raise ValueError(f"{len(prompts)} instance prompts for {n_inst} instance images")
+        self.backend = backend
+        self.instance_images, self.prompts = instance_images, prompts
+        self.class_images, self.class_prompt = class_images, class_prompt
+        self.batch_size, self.prior_loss_weight, self.seed = batch_size, prior_loss_weight, seed
+        self.max_grad_norm = max_grad_norm
+        self.use_prior = class_images is not None and class_images.shape[0] > 0 and prior_loss_weight > 0
+        self.n_inst, self.n_cls = n_inst, int(class_images.shape[0]) if self.use_prior else 0
+
+        self.params = backend.trainable_parameters(train_text_encoder=train_text_encoder, lora_rank=lora_rank)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        fp16 = backend.device.type == "cuda" and backend.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
+    def train_step(self, step: int) -> dict:
+        """Optimisation step `step`: its batch (instance + class images in one forward pass), the
+        loss, backward, grad-norm clip, AdamW. Returns {step, loss, loss_instance, loss_prior}."""
+        seed, batch_size = self.seed, self.batch_size
+        g = _step_generator(seed, step)
+        inst = _indices(self.n_inst, seed, 0, (step - 1) * batch_size, batch_size)
+        images = self.instance_images[inst]
+        batch_prompts = [self.prompts[i] for i in inst]
+        if self.use_prior:
+            cls = _indices(self.n_cls, seed, 1, (step - 1) * batch_size, batch_size)
+            images = torch.cat([images.to(self.class_images.dtype), self.class_images[cls]])
+            batch_prompts += [self.class_prompt] * batch_size
+        losses = self.backend.training_loss(images, batch_prompts, generator=g)
+        loss_inst = losses[:batch_size].mean()
+        loss_prior = losses[batch_size:].mean() if self.use_prior else torch.zeros((), device=losses.device)
+        loss = loss_inst + self.prior_loss_weight * loss_prior
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        vals = torch.stack([loss.detach(), loss_inst.detach(), loss_prior.detach()]).float().tolist()
+        return {"step": step, "loss": vals[0], "loss_instance": vals[1], "loss_prior": vals[2]}
+
+    def state_dict(self) -> dict:
+        return {"weights": {k: v.cpu() for k, v in self.backend.finetuned_state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_weights(self.backend, state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+
+    def resume_state(self, fingerprint: dict, step: int, records: list[dict]) -> dict:
+        """What `train` writes to its resume path: settings fingerprint, position, `state_dict()`."""
+        return {"fingerprint": fingerprint, "step": step, "records": records, **self.state_dict()}
+
+
 def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_prompts: Sequence[str] | str,
           class_images: torch.Tensor | None, class_prompt: str, *, steps: int, lr: float, batch_size: int,
           prior_loss_weight: float, train_text_encoder: bool, lora_rank: int, seed: int,
@@ -85,25 +159,17 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
       (step 0 = before training), each written atomically.
     - On return the backend holds the trained weights, frozen (`backend.freeze()`), ready for SDS.
     """
-    n_inst = int(instance_images.shape[0])
-    if n_inst == 0:
-        raise DataError("DreamBooth needs at least one instance image")
-    prompts = [instance_prompts] * n_inst if isinstance(instance_prompts, str) else list(instance_prompts)
-    if len(prompts) != n_inst:
-        raise ValueError(f"{len(prompts)} instance prompts for {n_inst} instance images")
-    use_prior = class_images is not None and class_images.shape[0] > 0 and prior_loss_weight > 0
-    n_cls = int(class_images.shape[0]) if use_prior else 0
     bad = [s for s in checkpoints if not 0 <= int(s) <= steps]
     if bad:
         raise ValueError(f"checkpoint steps {bad} outside 0..{steps}")
-
-    params = backend.trainable_parameters(train_text_encoder=train_text_encoder, lora_rank=lora_rank)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    fp16 = backend.device.type == "cuda" and backend.dtype == torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    trainer = DreamBoothTrainer(backend, instance_images, instance_prompts, class_images, class_prompt, lr=lr,
+                                batch_size=batch_size, prior_loss_weight=prior_loss_weight,
+                                train_text_encoder=train_text_encoder, lora_rank=lora_rank, seed=seed,
+                                max_grad_norm=max_grad_norm)
     fingerprint = _fingerprint(steps=steps, lr=lr, batch_size=batch_size, prior_loss_weight=prior_loss_weight,
                                train_text_encoder=bool(train_text_encoder), lora_rank=int(lora_rank), seed=int(seed),
-                               n_inst=n_inst, n_cls=n_cls, prompts=prompts, class_prompt=class_prompt)
+                               n_inst=trainer.n_inst, n_cls=trainer.n_cls, prompts=trainer.prompts,
+                               class_prompt=class_prompt)
 
     start, records = 0, []
     resume_path = Path(resume_path) if resume_path is not None else None
@@ -112,10 +178,7 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
         if state.get("fingerprint") != fingerprint:
             log.warning("resume state %s is for other settings; starting over", resume_path)
         else:
-            _load_weights(backend, state["weights"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"])
+            trainer.load_state_dict(state)
             start, records = int(state["step"]), list(state["records"])
             log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
 
@@ -129,37 +192,15 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
     bar = tqdm(total=steps, initial=start, desc="dreambooth", file=sys.stderr, disable=not progress)
     last_save = time.monotonic()
     for step in range(start + 1, steps + 1):
-        g = _step_generator(seed, step)
-        inst = _indices(n_inst, seed, 0, (step - 1) * batch_size, batch_size)
-        images = instance_images[inst]
-        batch_prompts = [prompts[i] for i in inst]
-        if use_prior:
-            cls = _indices(n_cls, seed, 1, (step - 1) * batch_size, batch_size)
-            images = torch.cat([images.to(class_images.dtype), class_images[cls]])
-            batch_prompts += [class_prompt] * batch_size
-        losses = backend.training_loss(images, batch_prompts, generator=g)
-        loss_inst = losses[:batch_size].mean()
-        loss_prior = losses[batch_size:].mean() if use_prior else torch.zeros((), device=losses.device)
-        loss = loss_inst + prior_loss_weight * loss_prior
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        vals = torch.stack([loss.detach(), loss_inst.detach(), loss_prior.detach()]).float().tolist()
-        records.append({"step": step, "loss": vals[0], "loss_instance": vals[1], "loss_prior": vals[2]})
+        record = trainer.train_step(step)
+        records.append(record)
         bar.update(1)
-        bar.set_postfix(loss=f"{vals[0]:.4f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
         save_checkpoint(step)
         due = (step % max(resume_every, 1) == 0) if resume_every else (time.monotonic() - last_save >= resume_every_s)
         if resume_path is not None and due and step < steps:
             last_save = time.monotonic()
-            torch_save({"fingerprint": fingerprint, "step": step, "records": records,
-                        "weights": {k: v.cpu() for k, v in backend.finetuned_state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "rng": torch.get_rng_state()}, resume_path)
+            torch_save(trainer.resume_state(fingerprint, step, records), resume_path)
     bar.close()
     backend.freeze()
     if resume_path is not None and resume_path.exists():

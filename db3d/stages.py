@@ -174,64 +174,142 @@ def _shading(cfg: dict, generator: torch.Generator, latent: bool) -> str:
     return "lambertian"
 
 
+class NerfFit:
+    """`fit_nerf`'s set-up and the unit of work its loop repeats, shared with the benchmark.
+
+    Built from the config, the stage, a (fine-tuned) backend and the prompt text: the field and
+    background (`out_channels` = the backend's latent channels for `latent_nerf`, else 3), Adam, the
+    SDS schedule, the view-dependent text embeddings, stage 3's pseudo-view targets (`pseudo_views`:
+    the dict `pseudo_views` writes, or its path, read only when `stage3.recon_weight` > 0), the
+    occupancy grid (on CUDA when nerfacc's ops load and `use_estimator`) and the camera/shading
+    generator. `iteration(step)` is one optimisation step; `state_dict()` / `load_state_dict()`
+    carry everything a resumed run needs to continue bit-identically (the torch RNG included: SDS
+    draws its noise and timesteps from it).
+
+    `res` (default: the latent size for latent_nerf, else nerf.render_resolution), `use_estimator`
+    and `sampler` (passed to `render`) are for the benchmark; fit_nerf leaves them at their defaults.
+    """
+
+    def __init__(self, cfg: dict, stage: str, backend, prompt: str, *, pseudo_views: dict | Path | None = None,
+                 res: int | None = None, use_estimator: bool = True, sampler: str = "auto"):
+        from .guidance import ScoreDistillation
+        from .nerf import build_field
+        from .nerf.render import make_estimator, nerfacc_cuda_available
+
+        latent = stage == "latent_nerf"
+        if latent and not backend.is_latent:
+            raise ConfigError(f"latent_nerf needs a latent-space backend; backend {cfg['backend']!r} works in "
+                              "pixels (use backend sd, or tiny with models.tiny_space: latent, or drop latent_nerf "
+                              "from variants)")
+        if stage == "stage3" and pseudo_views is None:
+            raise ConfigError("stage3 needs --pseudo-views (the stage-2 output)")
+
+        self.cfg, self.stage, self.backend, self.latent = cfg, stage, backend, latent
+        device = self.device = backend.device
+        field, background = build_field(cfg["nerf"], out_channels=backend.model_channels if latent else 3)
+        self.field, self.background = field.to(device), background.to(device)
+        params = list(self.field.parameters()) + list(self.background.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=cfg["sds"]["learning_rate"], betas=(0.9, 0.99), eps=1e-15)
+        self.iters = cfg[stage]["iters"]
+        self.sds = ScoreDistillation(backend, cfg["sds"], self.iters)
+        default_res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
+        self.res = int(res) if res is not None else default_res
+
+        with torch.no_grad():
+            self.uncond = backend.encode_text([""])
+            self.cond = {d: backend.encode_text([backend.view_prompt(prompt, d)])
+                         for d in ("front", "side", "back", "overhead")}
+
+        self.recon_weight = cfg["stage3"]["recon_weight"] if stage == "stage3" else 0.0
+        if self.recon_weight > 0:
+            views = pseudo_views if isinstance(pseudo_views, dict) else torch_load(pseudo_views)
+            self.view_cams = views["cameras"].to(device)
+            self.view_targets = F.interpolate(views["images"].float(), size=self.res, mode="bilinear",
+                                              antialias=True, align_corners=False).to(device)
+
+        # On CUDA, nerfacc's occupancy grid skips empty space (updated every step as in its examples);
+        # on CPU the plain-PyTorch sampler marches every ray.
+        self.estimator = None
+        if use_estimator and device.type == "cuda" and nerfacc_cuda_available():
+            self.estimator = make_estimator(cfg["nerf"]["bound"], device=device)
+        self.sampler = sampler
+        self.reg = cfg["nerf"]["regularisers"]
+        self.generator = _generator(cfg["seed"])
+        self.last_info: dict = {}  # the main render's `info` of the last iteration (sampler, samples)
+
+    def iteration(self, step: int) -> tuple[torch.Tensor, dict]:
+        """One optimisation step: grid update, camera + shading draw, render, SDS (+ regularisers,
+        + stage 3's reconstruction render), Adam step. Returns (loss, the step's losses record)."""
+        from .nerf import render, sample_cameras, view_direction
+        from .nerf.render import update_estimator
+
+        cfg, reg, res, latent = self.cfg, self.reg, self.res, self.latent
+        field, background, estimator, generator = self.field, self.background, self.estimator, self.generator
+        if estimator is not None:
+            update_estimator(estimator, field, step, num_samples=cfg["nerf"]["num_samples"])
+        cams = sample_cameras(1, cfg["nerf"]["camera"], generator).to(self.device)
+        shading = _shading(cfg, generator, latent)
+        out = render(field, background, cams, res, res, shading=shading,
+                     ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                     sampler=self.sampler, estimator=estimator, generator=generator,
+                     normals=shading != "albedo" or reg["orientation"] > 0)
+        direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
+        loss_sds, info = self.sds(out.image, self.cond[direction], self.uncond, step, generator=None, latent=latent)
+        loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
+                              if reg[k] > 0 and k in out.losses)
+        record = {"step": step, "sds": loss_sds.item(), "t": _scalar(info.get("t")),
+                  "direction": direction, "shading": shading}
+        if self.recon_weight > 0:
+            i = int(torch.randint(len(self.view_cams), (1,), generator=generator))
+            view = render(field, background, self.view_cams[i:i + 1], res, res, shading="albedo",
+                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                          sampler=self.sampler, estimator=estimator, generator=generator, normals=False)
+            loss_recon = F.mse_loss(view.image, self.view_targets[i:i + 1])
+            loss = loss + self.recon_weight * loss_recon
+            record["recon"] = loss_recon.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        record["loss"] = loss.item()
+        self.last_info = out.info
+        return loss, record
+
+    def state_dict(self) -> dict:
+        return {"field": self.field.state_dict(), "background": self.background.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "estimator": self.estimator.state_dict() if self.estimator is not None else None,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.estimator is not None and state.get("estimator") is not None:
+            self.estimator.load_state_dict(state["estimator"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def resume_state(self, next_step: int, records: list[dict], elapsed: float) -> dict:
+        """What fit_nerf writes to `.resume.pt`: `state_dict()` + the loop's position."""
+        return {**self.state_dict(), "step": next_step, "records": records, "elapsed": elapsed}
+
+
 def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str, subject_dir: Path,
              out_dir: Path, pseudo_views: Path | None = None) -> None:
-    from .guidance import ScoreDistillation
-    from .nerf import build_field, render, sample_cameras, save_nerf, view_direction
-    from .nerf.render import make_estimator, nerfacc_cuda_available, update_estimator
+    from .nerf import save_nerf
 
     seed_everything(cfg["seed"])
     backend = _backend(cfg, dreambooth_ckpt)
     prompt = _prompt(cfg, subject_dir, prompt_id)
-    latent = stage == "latent_nerf"
-    if latent and not backend.is_latent:
-        raise ConfigError(f"latent_nerf needs a latent-space backend; backend {cfg['backend']!r} works in "
-                          "pixels (use backend sd, or tiny with models.tiny_space: latent, or drop latent_nerf "
-                          "from variants)")
-    if stage == "stage3" and pseudo_views is None:
-        raise ConfigError("stage3 needs --pseudo-views (the stage-2 output)")
+    fit = NerfFit(cfg, stage, backend, prompt.text, pseudo_views=pseudo_views)
+    device, iters = fit.device, fit.iters
 
-    device = backend.device
-    field, background = build_field(cfg["nerf"], out_channels=backend.model_channels if latent else 3)
-    field, background = field.to(device), background.to(device)
-    params = list(field.parameters()) + list(background.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg["sds"]["learning_rate"], betas=(0.9, 0.99), eps=1e-15)
-    iters = cfg[stage]["iters"]
-    sds = ScoreDistillation(backend, cfg["sds"], iters)
-    res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
-
-    with torch.no_grad():
-        uncond = backend.encode_text([""])
-        cond = {d: backend.encode_text([backend.view_prompt(prompt.text, d)])
-                for d in ("front", "side", "back", "overhead")}
-
-    recon_weight = cfg["stage3"]["recon_weight"] if stage == "stage3" else 0.0
-    if recon_weight > 0:
-        views = torch_load(pseudo_views)
-        view_cams = views["cameras"].to(device)
-        view_targets = F.interpolate(views["images"].float(), size=res, mode="bilinear", antialias=True,
-                                     align_corners=False).to(device)
-
-    # On CUDA, nerfacc's occupancy grid skips empty space (updated every step as in its examples);
-    # on CPU the plain-PyTorch sampler marches every ray.
-    estimator = None
-    if device.type == "cuda" and nerfacc_cuda_available():
-        estimator = make_estimator(cfg["nerf"]["bound"], device=device)
-
-    reg = cfg["nerf"]["regularisers"]
-    generator = _generator(cfg["seed"])
     resume_path = out_dir / ".resume.pt"
     records: list[dict] = []
     start_step, elapsed = 0, 0.0
     if resume_path.exists():
         state = torch_load(resume_path)
-        field.load_state_dict(state["field"])
-        background.load_state_dict(state["background"])
-        optimizer.load_state_dict(state["optimizer"])
-        if estimator is not None and state.get("estimator") is not None:
-            estimator.load_state_dict(state["estimator"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        fit.load_state_dict(state)
         start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
         log.info("resuming %s from step %d", stage, start_step)
 
@@ -240,49 +318,20 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     start = time.time() - elapsed
     for step in tqdm(range(start_step, iters), desc=f"{stage} {subject_dir.name}/{prompt_id}",
                      initial=start_step, total=iters, mininterval=5):
-        if estimator is not None:
-            update_estimator(estimator, field, step, num_samples=cfg["nerf"]["num_samples"])
-        cams = sample_cameras(1, cfg["nerf"]["camera"], generator).to(device)
-        shading = _shading(cfg, generator, latent)
-        out = render(field, background, cams, res, res, shading=shading,
-                     ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                     estimator=estimator, generator=generator,
-                     normals=shading != "albedo" or reg["orientation"] > 0)
-        direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
-        loss_sds, info = sds(out.image, cond[direction], uncond, step, generator=None, latent=latent)
-        loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
-                              if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "sds": loss_sds.item(), "t": _scalar(info.get("t")),
-                  "direction": direction, "shading": shading}
-        if recon_weight > 0:
-            i = int(torch.randint(len(view_cams), (1,), generator=generator))
-            view = render(field, background, view_cams[i:i + 1], res, res, shading="albedo",
-                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                          estimator=estimator, generator=generator, normals=False)
-            loss_recon = F.mse_loss(view.image, view_targets[i:i + 1])
-            loss = loss + recon_weight * loss_recon
-            record["recon"] = loss_recon.item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        record["loss"] = loss.item()
+        _, record = fit.iteration(step)
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
-            torch_save({"field": field.state_dict(), "background": background.state_dict(),
-                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                        "estimator": estimator.state_dict() if estimator is not None else None,
-                        "torch_rng": torch.get_rng_state(), "step": step + 1, "records": records,
-                        "elapsed": time.time() - start}, resume_path)
+            torch_save(fit.resume_state(step + 1, records, time.time() - start), resume_path)
 
     loop_time = time.time() - start
     meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,
-            "latent": latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"]}
+            "latent": fit.latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"]}
     perf = {"loop_time_s": loop_time, "iters_per_s": (iters - start_step) / max(loop_time - elapsed, 1e-9),
-            "render_resolution": res, "device": str(device),
+            "render_resolution": fit.res, "device": str(device),
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     log.info("%s: %.2f it/s, peak GPU memory %s GiB", stage, perf["iters_per_s"], perf["peak_gpu_mem_gib"])
-    save_nerf(out_dir / "nerf.pt", field, background, meta)
-    _save_turntable(cfg, backend, field, background, latent, out_dir / "turntable.png")
+    save_nerf(out_dir / "nerf.pt", fit.field, fit.background, meta)
+    _save_turntable(cfg, backend, fit.field, fit.background, fit.latent, out_dir / "turntable.png")
     write_json(out_dir / "losses.json", {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
                                          "meta": meta, "perf": perf})
     resume_path.unlink(missing_ok=True)
@@ -307,9 +356,8 @@ def _save_turntable(cfg: dict, backend, field, background, latent: bool, path: P
 
 def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: str, subject_dir: Path,
                  out_dir: Path) -> None:
-    from .nerf import load_nerf, orbit_cameras, render, view_direction
+    from .nerf import load_nerf
 
-    s2 = cfg["stage2"]
     seed_everything(cfg["seed"])
     backend = _backend(cfg, dreambooth_ckpt)
     prompt = _prompt(cfg, subject_dir, prompt_id)
@@ -317,24 +365,44 @@ def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: s
     if meta.get("latent"):
         raise DataError(f"{nerf_path} is a latent NeRF; stage 2 needs the RGB stage-1 NeRF")
     field, background = field.to(backend.device), background.to(backend.device)
+    views = img2img_views(cfg, backend, field, background, prompt.text)
+    views["meta"] = {"prompt_id": prompt_id, "subject": subject_dir.name, "seed": cfg["seed"]}
+    save_pseudo_views(out_dir, views)
+
+
+def img2img_views(cfg: dict, backend, field, background, prompt: str, *, num_views: int | None = None,
+                  num_steps: int | None = None, progress: bool = True) -> dict:
+    """Stage 2 after loading the NeRF: albedo renders at `stage2.num_views` orbit cameras, each
+    noised to `stage2.noise_level` and denoised by `backend` with its view-suffixed prompt.
+    Returns {images, renders, cameras, directions, prompts, noise_level} on CPU. `num_views` and
+    `num_steps` override the config (the benchmark's warm-up)."""
+    from .nerf import orbit_cameras, render, view_direction
+
+    s2 = cfg["stage2"]
     fov = sum(cfg["nerf"]["camera"]["fov_deg"]) / 2
-    cams = orbit_cameras(s2["num_views"], s2["radius"], s2["elevation_deg"], fov).to(backend.device)
+    n = int(num_views or s2["num_views"])
+    steps = int(num_steps or s2["sample_steps"])
+    cams = orbit_cameras(n, s2["radius"], s2["elevation_deg"], fov).to(backend.device)
     res = cfg["nerf"]["render_resolution"]
     with torch.no_grad():
         renders = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
                          num_samples=cfg["nerf"]["num_samples"], train=False, normals=False).image.clamp(0, 1)
     directions = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)]
-    prompts = [backend.view_prompt(prompt.text, d) for d in directions]
+    prompts = [backend.view_prompt(prompt, d) for d in directions]
     generator = _generator(cfg["seed"], backend.device)
     images = []
-    for i in tqdm(range(0, len(prompts), s2["batch_size"]), desc="img2img", mininterval=5):
+    for i in tqdm(range(0, len(prompts), s2["batch_size"]), desc="img2img", mininterval=5, disable=not progress):
         chunk = slice(i, i + s2["batch_size"])
-        images.append(backend.sample(prompts[chunk], s2["sample_steps"], s2["guidance_scale"], generator,
+        images.append(backend.sample(prompts[chunk], steps, s2["guidance_scale"], generator,
                                      init_images=renders[chunk], strength=s2["noise_level"]).float().cpu())
-    images = torch.cat(images)
-    renders_up = F.interpolate(renders.float().cpu(), size=images.shape[-1], mode="nearest")
+    return {"images": torch.cat(images), "renders": renders.cpu(), "cameras": cams.to("cpu"),
+            "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"]}
+
+
+def save_pseudo_views(out_dir: Path, views: dict) -> None:
+    """`pseudo_views.pt` (the dict, atomically) and `pseudo_views.png` (renders above the img2img images)."""
+    images = views["images"]
     with atomic_path(out_dir / "pseudo_views.pt") as tmp:
-        torch.save({"images": images, "renders": renders.cpu(), "cameras": cams.to("cpu"),
-                    "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"],
-                    "meta": {"prompt_id": prompt_id, "subject": subject_dir.name, "seed": cfg["seed"]}}, tmp)
+        torch.save(views, tmp)
+    renders_up = F.interpolate(views["renders"].float(), size=images.shape[-1], mode="nearest")
     save_image(out_dir / "pseudo_views.png", image_grid([renders_up, images]))

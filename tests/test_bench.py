@@ -1,5 +1,5 @@
 """`python -m db3d bench`: the table (rows, columns, ratios), the projection arithmetic, the variant
-language, error rows, and that the timed work is exactly what the stages compute (same losses)."""
+language, error rows, and that the timed work is the stages' own code (their objects, same losses)."""
 from __future__ import annotations
 
 import copy
@@ -209,24 +209,46 @@ def test_interrupt_and_time_budget_keep_the_table(tmp_path, monkeypatch):
     assert "status: time budget reached" in out2.with_suffix(".md").read_text()
 
 
-def test_dreambooth_step_is_train(tiny_cfg):
-    """The bench's DreamBooth step computes exactly dreambooth.train's steps (same records, weights)."""
+def _spy(monkeypatch, owner, name: str) -> list:
+    """Wrap `owner.name` (a method or module function) so every call's return value is recorded."""
+    real, calls = getattr(owner, name), []
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_dreambooth_step_is_trains_step(tiny_cfg, tmp_path, monkeypatch):
+    """The bench's DreamBooth step is `DreamBoothTrainer.train_step`, the step `dreambooth.train`
+    runs, and its resume save is the one train writes (same records, weights)."""
     from db3d import dreambooth
     from db3d.bench.workloads import DreamBoothRun, random_images
     from db3d.diffusion import build_backend
 
+    steps = _spy(monkeypatch, dreambooth.DreamBoothTrainer, "train_step")
+    saves = _spy(monkeypatch, dreambooth.DreamBoothTrainer, "resume_state")
     cfg = dict(tiny_cfg, device="cpu")
     db = cfg["dreambooth"]
     inst, cls = random_images(3, 64, 1), random_images(2, 64, 2)
     a = build_backend(cfg, device="cpu")
     want = dreambooth.train(a, inst, "a sks dog", cls, "a dog", steps=2, lr=db["learning_rate"],
                             batch_size=db["batch_size"], prior_loss_weight=db["prior_loss_weight"],
-                            train_text_encoder=False, lora_rank=0, seed=0, checkpoints={}, resume_path=None,
-                            progress=False)
+                            train_text_encoder=False, lora_rank=0, seed=0, checkpoints={},
+                            resume_path=tmp_path / ".resume.pt", resume_every=1, progress=False)
+    assert steps == want and len(saves) == 1  # train's loop is train_step; its resume write is resume_state
     b = build_backend(cfg, device="cpu")
     run = DreamBoothRun(cfg, b, lora_rank=0, train_text_encoder=False, instance_images=inst,
                         instance_prompts=["a sks dog"] * 3, class_images=cls, class_prompt="a dog", seed=0)
+    assert type(run.trainer) is dreambooth.DreamBoothTrainer
     got = [run.step(s) for s in (1, 2)]
+    assert len(steps) == 4 and all(g is s for g, s in zip(got, steps[2:]))
+    state = run.resume_state(2)
+    assert state is saves[-1] and list(state) == ["fingerprint", "step", "records", "weights", "optimizer",
+                                                  "scaler", "rng"]
     run.close()
     assert got == want
     wa, wb = a.finetuned_state_dict(), b.finetuned_state_dict()
@@ -234,8 +256,9 @@ def test_dreambooth_step_is_train(tiny_cfg):
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage3"])
-def test_sds_iteration_is_fit_nerf(tmp_path, stage):
-    """The bench's NeRF iteration computes exactly fit_nerf's iterations (same loss records)."""
+def test_sds_iteration_is_nerffits_iteration(tmp_path, monkeypatch, stage):
+    """The bench's NeRF iteration is `stages.NerfFit.iteration`, the iteration `fit_nerf` runs, and
+    its resume save is the one fit_nerf writes (same loss records from the same seed)."""
     from db3d import stages
     from db3d.bench.workloads import NerfRun
     from db3d.data.prompts import get_prompt
@@ -243,6 +266,9 @@ def test_sds_iteration_is_fit_nerf(tmp_path, stage):
     from db3d.io import read_json, torch_save
     from db3d.nerf import orbit_cameras
 
+    iterations = _spy(monkeypatch, stages.NerfFit, "iteration")
+    saves = _spy(monkeypatch, stages.NerfFit, "resume_state")
+    monkeypatch.setattr(stages, "RESUME_EVERY", 1)
     cfg = small_cfg()
     cfg["stage1"]["iters"] = cfg["stage3"]["iters"] = 2
     backend = build_backend(cfg)
@@ -253,12 +279,32 @@ def test_sds_iteration_is_fit_nerf(tmp_path, stage):
     stages.fit_nerf(cfg, stage, ckpt, "plain", Path("backpack"), tmp_path / "out",
                     pseudo_views=tmp_path / "pv.pt" if stage == "stage3" else None)
     want = read_json(tmp_path / "out" / "losses.json")["steps"]
+    assert json.loads(json.dumps([rec for _, rec in iterations])) == want and len(saves) == 1
 
     prompt = get_prompt(cfg["dataset"]["prompts_table"], cfg["dataset"]["subjects_table"], "backpack", "plain").text
     backend.load_finetuned(ckpt)
     run = NerfRun(cfg, backend, stage=stage, prompt=prompt, pseudo_views=views)
-    got = json.loads(json.dumps([run.step(s) for s in range(2)]))
-    assert got == want
+    assert type(run.fit) is stages.NerfFit
+    got = [run.step(s) for s in range(2)]
+    assert len(iterations) == 4 and all(g is rec for g, (_, rec) in zip(got, iterations[2:]))
+    assert run.resume_state(1) is saves[-1]
+    assert json.loads(json.dumps(got)) == want
+
+
+def test_img2img_row_is_stage2(tmp_path, monkeypatch):
+    """The bench's stage-2 run is `stages.img2img_views` + `stages.save_pseudo_views`, as `pseudo_views`."""
+    from db3d import stages
+    from db3d.bench.workloads import Img2ImgRun
+    from db3d.diffusion import build_backend
+    from db3d.io import torch_load
+
+    made = _spy(monkeypatch, stages, "img2img_views")
+    saved = _spy(monkeypatch, stages, "save_pseudo_views")
+    cfg = small_cfg()
+    run = Img2ImgRun(cfg, build_backend(cfg), tmp_path)
+    images = run.run(num_steps=2)
+    assert len(made) == len(saved) == 1 and images is made[0]["images"]
+    assert torch.equal(torch_load(tmp_path / "pseudo_views.pt")["images"], images)
 
 
 def test_diffusers_reference_step_trains(tiny_cfg):

@@ -12,7 +12,8 @@ gradient checkpointing, a memory cap).
 
 Modules (imported lazily, so `python -m db3d --help` does not pay for torch):
 - `args`: the command-line arguments and the variant mini-language (torch-free);
-- `workloads`: the timed work, written with the same library calls as the stages;
+- `workloads`: the timed work: the stages' own objects (`NerfFit`, `DreamBoothTrainer`,
+  `img2img_views`), set up with benchmark inputs;
 - `report`: rows, ratios, the projection, TSV + Markdown output (torch-free);
 - `runner`: config loading, variants, timing, error capture; `run_bench`, `main`.
 """

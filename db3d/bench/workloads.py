@@ -1,19 +1,18 @@
-"""The timed work, written with the library calls the stages make, in the order they make them.
+"""The timed work: the stages' own code, set up as the stages set it up (outside the timing).
 
-Each class sets up what its stage sets up (outside the timing) and exposes the unit of work the
-stage repeats:
-- `NerfRun.step(step)`: one iteration of the loop of `db3d.stages.fit_nerf` (stage1, or stage3 with
-  its reconstruction render), and `resume_state()`: the dict it saves every `RESUME_EVERY` steps;
-- `DreamBoothRun.step(step)`: one iteration of the loop of `db3d.dreambooth.train`, and
-  `resume_state()`: the dict it saves every `resume_every` steps;
+- `NerfRun.step(step)`: one `db3d.stages.NerfFit.iteration` (an iteration of `fit_nerf`'s loop,
+  stage1 or stage3 with its reconstruction render), and `resume_state()`: what `fit_nerf` saves
+  every `RESUME_EVERY` steps (`NerfFit.resume_state`);
+- `DreamBoothRun.step(step)`: one `db3d.dreambooth.DreamBoothTrainer.train_step` (an iteration of
+  `train`'s loop), and `resume_state()`: what `train` saves (`DreamBoothTrainer.resume_state`);
 - `DiffusersDreamBooth.step()`: the core of diffusers' examples/dreambooth/train_dreambooth.py step
   (with prior preservation) on the same modules and batch: the reference point;
-- `Img2ImgRun.run()`: `db3d.stages.pseudo_views` after loading the NeRF; `class_prior_batch`: one
-  batch of `db3d.stages.class_priors`; `EvalRun.run()`: `db3d.eval.evaluate` after loading its models.
+- `Img2ImgRun.run()`: `db3d.stages.pseudo_views` after loading the NeRF (`img2img_views` +
+  `save_pseudo_views`); `class_prior_batch`: one batch of `db3d.stages.class_priors`;
+  `EvalRun.run()`: `db3d.eval.evaluate` after loading its models.
 
-Until the loop bodies are factored out of stages.py / dreambooth.py (docs/performance.md), the
-bodies here are copies; tests/test_bench.py checks that they compute exactly what the stages do
-(identical loss records from the same seed).
+The wrappers here only pick the inputs (random photos, class images, pseudo views) and count what
+the table reports; tests/test_bench.py checks that they call the stages' objects.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ STEADY_STATE_STEP = 1000  # SDS rows start here: past the occupancy grid's 256 w
 # ---- fit_nerf --------------------------------------------------------------------------------------
 
 class NerfRun:
-    """`fit_nerf`'s set-up (field, optimiser, SDS, text embeddings, estimator) and one loop iteration.
+    """`fit_nerf`'s set-up (a `stages.NerfFit`) and one iteration of its loop (`NerfFit.iteration`).
 
     `occgrid`: `on` = as fit_nerf (nerfacc occupancy grid on CUDA when its ops load), `off` = no
     estimator (nerfacc marching without skipping on CUDA), `dense` = the plain-PyTorch sampler.
@@ -42,105 +41,54 @@ class NerfRun:
 
     def __init__(self, cfg: dict, backend, *, stage: str = "stage1", res: int | None = None,
                  occgrid: str = "on", prompt: str = PROMPT, pseudo_views: dict | None = None):
-        from ..guidance import ScoreDistillation
-        from ..nerf import build_field, orbit_cameras
-        from ..nerf.render import make_estimator, nerfacc_cuda_available
-        from ..stages import _generator
+        from ..nerf import orbit_cameras
+        from ..stages import NerfFit
 
         if stage not in ("stage1", "stage3", "naive"):
             raise ValueError(f"NerfRun: stage {stage!r} (latent_nerf is not benchmarked)")
         seed_everything(cfg["seed"], deterministic=False)  # seeds; the caller owns the kernel choice
-        self.cfg, self.backend, self.stage = cfg, backend, stage
-        device = self.device = backend.device
-        self.field, self.background = build_field(cfg["nerf"], out_channels=3)
-        self.field, self.background = self.field.to(device), self.background.to(device)
-        params = list(self.field.parameters()) + list(self.background.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg["sds"]["learning_rate"], betas=(0.9, 0.99), eps=1e-15)
-        self.sds = ScoreDistillation(backend, cfg["sds"], cfg[stage]["iters"])
-        self.res = int(res if res is not None else cfg["nerf"]["render_resolution"])
-        with torch.no_grad():
-            self.uncond = backend.encode_text([""])
-            self.cond = {d: backend.encode_text([backend.view_prompt(prompt, d)])
-                         for d in ("front", "side", "back", "overhead")}
-        self.recon_weight = cfg["stage3"]["recon_weight"] if stage == "stage3" else 0.0
-        if self.recon_weight > 0:
-            if pseudo_views is None:
-                s2 = cfg["stage2"]
-                fov = sum(cfg["nerf"]["camera"]["fov_deg"]) / 2
-                cams = orbit_cameras(s2["num_views"], s2["radius"], s2["elevation_deg"], fov)
-                g = torch.Generator().manual_seed(7)
-                images = torch.rand(s2["num_views"], 3, backend.image_size, backend.image_size, generator=g)
-                pseudo_views = {"cameras": cams, "images": images}
-            self.view_cams = pseudo_views["cameras"].to(device)
-            self.view_targets = F.interpolate(pseudo_views["images"].float(), size=self.res, mode="bilinear",
-                                              antialias=True, align_corners=False).to(device)
-        self.estimator = None
-        if occgrid == "on" and device.type == "cuda" and nerfacc_cuda_available():
-            self.estimator = make_estimator(cfg["nerf"]["bound"], device=device)
-        self.render_kw = {"sampler": "torch"} if occgrid == "dense" else {}
-        self.reg = cfg["nerf"]["regularisers"]
-        self.generator = _generator(cfg["seed"])
+        if stage == "stage3" and pseudo_views is None:
+            s2 = cfg["stage2"]
+            fov = sum(cfg["nerf"]["camera"]["fov_deg"]) / 2
+            cams = orbit_cameras(s2["num_views"], s2["radius"], s2["elevation_deg"], fov)
+            images = random_images(s2["num_views"], backend.image_size, 7)
+            pseudo_views = {"cameras": cams, "images": images}
+        self.fit = NerfFit(cfg, stage, backend, prompt, pseudo_views=pseudo_views, res=res,
+                           use_estimator=occgrid == "on", sampler="torch" if occgrid == "dense" else "auto")
+        self.cfg = cfg
         self.records: list[dict] = []
         self.samples = 0
         self.sampler = ""
+
+    @property
+    def estimator(self):
+        return self.fit.estimator
+
+    @property
+    def sds(self):
+        return self.fit.sds
 
     def warm_estimator(self, warmup_steps: int = 256, n: int = 16) -> None:
         """Bring the occupancy grid to its post-warm-up state (the updates fit_nerf's first 256 steps
         make), so timed steps at STEADY_STATE_STEP see a grid that skips empty space."""
         from ..nerf.render import update_estimator
 
-        if self.estimator is None:
+        if self.fit.estimator is None:
             return
         for s in range(0, warmup_steps, n):
-            update_estimator(self.estimator, self.field, s, num_samples=self.cfg["nerf"]["num_samples"])
+            update_estimator(self.fit.estimator, self.fit.field, s, num_samples=self.cfg["nerf"]["num_samples"])
 
     def step(self, step: int) -> dict:
-        """One iteration of fit_nerf's loop (same calls, same order; resume saves are `resume_state`)."""
-        from ..nerf import render, sample_cameras, view_direction
-        from ..nerf.render import update_estimator
-        from ..stages import _scalar, _shading
-
-        cfg, reg, device = self.cfg, self.reg, self.device
-        latent = False
-        res = self.res
-        if self.estimator is not None:
-            update_estimator(self.estimator, self.field, step, num_samples=cfg["nerf"]["num_samples"])
-        cams = sample_cameras(1, cfg["nerf"]["camera"], self.generator).to(device)
-        shading = _shading(cfg, self.generator, latent)
-        out = render(self.field, self.background, cams, res, res, shading=shading,
-                     ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                     estimator=self.estimator, generator=self.generator,
-                     normals=shading != "albedo" or reg["orientation"] > 0, **self.render_kw)
-        direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
-        loss_sds, info = self.sds(out.image, self.cond[direction], self.uncond, step, generator=None, latent=latent)
-        loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
-                              if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "sds": loss_sds.item(), "t": _scalar(info.get("t")),
-                  "direction": direction, "shading": shading}
-        if self.recon_weight > 0:
-            i = int(torch.randint(len(self.view_cams), (1,), generator=self.generator))
-            view = render(self.field, self.background, self.view_cams[i:i + 1], res, res, shading="albedo",
-                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                          estimator=self.estimator, generator=self.generator, normals=False, **self.render_kw)
-            loss_recon = F.mse_loss(view.image, self.view_targets[i:i + 1])
-            loss = loss + self.recon_weight * loss_recon
-            record["recon"] = loss_recon.item()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        record["loss"] = loss.item()
+        """One iteration of fit_nerf's loop (resume saves are `resume_state`)."""
+        _, record = self.fit.iteration(step)
         self.records.append(record)
-        self.samples += int(out.info.get("samples", 0))
-        self.sampler = str(out.info.get("sampler", ""))
+        self.samples += int(self.fit.last_info.get("samples", 0))
+        self.sampler = str(self.fit.last_info.get("sampler", ""))
         return record
 
     def resume_state(self, step: int, elapsed: float = 0.0) -> dict:
-        """What fit_nerf writes to `.resume.pt` every RESUME_EVERY steps."""
-        return {"field": self.field.state_dict(), "background": self.background.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "estimator": self.estimator.state_dict() if self.estimator is not None else None,
-                "torch_rng": torch.get_rng_state(), "step": step + 1, "records": self.records,
-                "elapsed": elapsed}
+        """What fit_nerf writes to `.resume.pt` after step `step` (every RESUME_EVERY steps)."""
+        return self.fit.resume_state(step + 1, self.records, elapsed)
 
 
 # ---- DreamBooth ------------------------------------------------------------------------------------
@@ -151,7 +99,7 @@ def random_images(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 class DreamBoothRun:
-    """`dreambooth.train`'s set-up (trainable parameters, AdamW, grad scaler) and one loop iteration.
+    """`dreambooth.train`'s set-up (a `DreamBoothTrainer`) and one iteration of its loop (`train_step`).
 
     Inputs default to 4 random instance photos and 8 random class images at the model's size, on CPU
     as `stages.dreambooth` holds them.
@@ -161,72 +109,40 @@ class DreamBoothRun:
                  instance_images: torch.Tensor | None = None, instance_prompts: list[str] | None = None,
                  class_images: torch.Tensor | None = None, class_prompt: str = CLASS_PROMPT,
                  seed: int | None = None, max_grad_norm: float = 1.0):
+        from ..dreambooth import DreamBoothTrainer
+
         db = cfg["dreambooth"]
         S = backend.image_size
         self.backend = backend
-        self.instance_images = instance_images if instance_images is not None else random_images(4, S, 11)
-        self.class_images = class_images if class_images is not None else random_images(8, S, 12)
-        n_inst = int(self.instance_images.shape[0])
-        self.prompts = list(instance_prompts) if instance_prompts is not None else [INSTANCE_PROMPT] * n_inst
-        self.class_prompt = class_prompt
-        self.batch_size = int(db["batch_size"])
-        self.prior_loss_weight = float(db["prior_loss_weight"])
-        self.seed = int(cfg["seed"] if seed is None else seed)
-        self.max_grad_norm = float(max_grad_norm)
-        self.use_prior = (self.class_images is not None and self.class_images.shape[0] > 0
-                          and self.prior_loss_weight > 0)
-        self.n_inst, self.n_cls = n_inst, int(self.class_images.shape[0]) if self.use_prior else 0
-        self.params = backend.trainable_parameters(train_text_encoder=train_text_encoder, lora_rank=lora_rank)
-        self.optimizer = torch.optim.AdamW(self.params, lr=db["learning_rate"], betas=(0.9, 0.999),
-                                           weight_decay=1e-2, eps=1e-8)
-        fp16 = backend.device.type == "cuda" and backend.dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        instance_images = instance_images if instance_images is not None else random_images(4, S, 11)
+        class_images = class_images if class_images is not None else random_images(8, S, 12)
+        prompts = list(instance_prompts) if instance_prompts is not None else INSTANCE_PROMPT
+        self.trainer = DreamBoothTrainer(backend, instance_images, prompts, class_images, class_prompt,
+                                         lr=db["learning_rate"], batch_size=int(db["batch_size"]),
+                                         prior_loss_weight=float(db["prior_loss_weight"]),
+                                         train_text_encoder=train_text_encoder, lora_rank=lora_rank,
+                                         seed=int(cfg["seed"] if seed is None else seed),
+                                         max_grad_norm=float(max_grad_norm))
         self.records: list[dict] = []
 
     @property
     def trained_parameters(self) -> int:
-        return sum(p.numel() for p in self.params)
+        return sum(p.numel() for p in self.trainer.params)
 
     def step(self, step: int) -> dict:
         """One iteration of dreambooth.train's loop (checkpoint/resume writes are timed separately)."""
-        from ..dreambooth import _indices, _step_generator
-
-        backend, seed, batch_size = self.backend, self.seed, self.batch_size
-        g = _step_generator(seed, step)
-        inst = _indices(self.n_inst, seed, 0, (step - 1) * batch_size, batch_size)
-        images = self.instance_images[inst]
-        batch_prompts = [self.prompts[i] for i in inst]
-        if self.use_prior:
-            cls = _indices(self.n_cls, seed, 1, (step - 1) * batch_size, batch_size)
-            images = torch.cat([images.to(self.class_images.dtype), self.class_images[cls]])
-            batch_prompts += [self.class_prompt] * batch_size
-        losses = backend.training_loss(images, batch_prompts, generator=g)
-        loss_inst = losses[:batch_size].mean()
-        loss_prior = losses[batch_size:].mean() if self.use_prior else torch.zeros((), device=losses.device)
-        loss = loss_inst + self.prior_loss_weight * loss_prior
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        vals = torch.stack([loss.detach(), loss_inst.detach(), loss_prior.detach()]).float().tolist()
-        record = {"step": step, "loss": vals[0], "loss_instance": vals[1], "loss_prior": vals[2]}
+        record = self.trainer.train_step(step)
         self.records.append(record)
         return record
 
     def resume_state(self, step: int) -> dict:
         """What dreambooth.train writes every `resume_every` steps (built here, as there, at save time)."""
-        return {"fingerprint": {"bench": True}, "step": step, "records": self.records,
-                "weights": {k: v.cpu() for k, v in self.backend.finetuned_state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": torch.get_rng_state()}
+        return self.trainer.resume_state({"bench": True}, step, self.records)
 
     def close(self) -> None:
         """As train() ends: back to inference (trained weights to the compute dtype, no grads)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer = None
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        self.trainer.optimizer = None
         self.backend.freeze()
 
 
@@ -323,7 +239,8 @@ class DiffusersDreamBooth:
 # ---- stage 2, class priors, evaluation ---------------------------------------------------------------
 
 class Img2ImgRun:
-    """`stages.pseudo_views` after `load_nerf`: render the orbit, img2img every view, save the result."""
+    """`stages.pseudo_views` after `load_nerf`: render the orbit, img2img every view, save the result
+    (`stages.img2img_views` + `stages.save_pseudo_views`)."""
 
     def __init__(self, cfg: dict, backend, out_dir: Path, prompt: str = PROMPT):
         from ..nerf import build_field
@@ -334,36 +251,12 @@ class Img2ImgRun:
         self.field, self.background = field.to(backend.device), background.to(backend.device)
 
     def run(self, num_steps: int | None = None, num_views: int | None = None) -> torch.Tensor:
-        from ..io import atomic_path
-        from ..nerf import orbit_cameras, render, view_direction
-        from ..stages import _generator, image_grid
+        from ..stages import img2img_views, save_pseudo_views
 
-        cfg, backend = self.cfg, self.backend
-        s2 = cfg["stage2"]
-        fov = sum(cfg["nerf"]["camera"]["fov_deg"]) / 2
-        n = int(num_views or s2["num_views"])
-        steps = int(num_steps or s2["sample_steps"])
-        cams = orbit_cameras(n, s2["radius"], s2["elevation_deg"], fov).to(backend.device)
-        res = cfg["nerf"]["render_resolution"]
-        with torch.no_grad():
-            renders = render(self.field, self.background, cams, res, res, shading="albedo", ambient=1.0,
-                             num_samples=cfg["nerf"]["num_samples"], train=False, normals=False).image.clamp(0, 1)
-        directions = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)]
-        prompts = [backend.view_prompt(self.prompt, d) for d in directions]
-        generator = _generator(cfg["seed"], backend.device)
-        images = []
-        for i in range(0, len(prompts), s2["batch_size"]):
-            chunk = slice(i, i + s2["batch_size"])
-            images.append(backend.sample(prompts[chunk], steps, s2["guidance_scale"], generator,
-                                         init_images=renders[chunk], strength=s2["noise_level"]).float().cpu())
-        images = torch.cat(images)
-        renders_up = F.interpolate(renders.float().cpu(), size=images.shape[-1], mode="nearest")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out_dir / "pseudo_views.pt") as tmp:
-            torch.save({"images": images, "renders": renders.cpu(), "cameras": cams.to("cpu"),
-                        "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"]}, tmp)
-        save_image(self.out_dir / "pseudo_views.png", image_grid([renders_up, images]))
-        return images
+        views = img2img_views(self.cfg, self.backend, self.field, self.background, self.prompt,
+                              num_views=num_views, num_steps=num_steps, progress=False)
+        save_pseudo_views(self.out_dir, views)
+        return views["images"]
 
 
 PRIOR_BATCH = 4  # generate_class_images' default batch

@@ -74,8 +74,31 @@ def prepare_images(images: torch.Tensor, size: int, mean: tuple, std: tuple,
     return (x - m) / s
 
 
+class ImageEncoder:
+    """What the evaluation's image encoders (`ClipModel`, `dino.DinoModel`) share: moving to a device
+    and batched, preprocessed, L2-normalised embeddings (float32, on CPU) from a model call."""
+
+    model: Any
+    image_size: int
+    device: torch.device
+    mean: tuple
+    std: tuple
+
+    def to(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _embed(self, images: torch.Tensor, batch_size: int, forward) -> torch.Tensor:
+        out = []
+        for chunk in images.split(batch_size):
+            x = prepare_images(chunk, self.image_size, self.mean, self.std, self.device)
+            out.append(F.normalize(forward(x).float(), dim=-1).cpu())
+        return torch.cat(out)
+
+
 @dataclass
-class ClipModel:
+class ClipModel(ImageEncoder):
     """A CLIP image/text encoder pair with the preprocessing done in torch.
 
     `name` is the requested open_clip name, `label` what tables and plots print
@@ -92,22 +115,12 @@ class ClipModel:
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
 
-    def to(self, device: str | torch.device) -> "ClipModel":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> L2-normalised embeddings [B,D] (float32, on CPU)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_images expects [B,3,H,W] images, got {tuple(images.shape)}")
-        out = []
-        for chunk in images.split(batch_size):
-            x = prepare_images(chunk, self.image_size, self.mean, self.std, self.device)
-            emb = self.model.encode_image(x).float()
-            out.append(F.normalize(emb, dim=-1).cpu())
-        return torch.cat(out)
+        return self._embed(images, batch_size, self.model.encode_image)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ModelNotFoundError
-from .clip import HUB_HINT, name_seed, one_line, prepare_images, tiny_label
+from .clip import HUB_HINT, ImageEncoder, name_seed, one_line, tiny_label
 
 # ImageNet statistics: DINO's (and facebook/dino-vits16's preprocessor config) normalisation.
 DINO_MEAN = (0.485, 0.456, 0.406)
@@ -37,7 +36,7 @@ TINY_DINO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, int
 
 
 @dataclass
-class DinoModel:
+class DinoModel(ImageEncoder):
     """A DINO image encoder. `label` is what tables print (`facebook/dino-vits16` or
     `tiny-random(dino-vits16)`); `random_weights` is True for the stand-in."""
 
@@ -50,20 +49,10 @@ class DinoModel:
     mean: tuple = DINO_MEAN
     std: tuple = DINO_STD
 
-    def to(self, device: str | torch.device) -> "DinoModel":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> L2-normalised CLS embeddings [B,D] (float32, on CPU)."""
-        out = []
-        for chunk in images.split(batch_size):
-            x = prepare_images(chunk, self.image_size, self.mean, self.std, self.device)
-            cls = self.model(pixel_values=x).last_hidden_state[:, 0].float()
-            out.append(F.normalize(cls, dim=-1).cpu())
-        return torch.cat(out)
+        return self._embed(images, batch_size, lambda x: self.model(pixel_values=x).last_hidden_state[:, 0])
 
 
 def short_name(name: str) -> str:
