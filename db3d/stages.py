@@ -41,6 +41,8 @@ def _backend(cfg: dict, checkpoint: Path | None = None):
     backend = build_backend(cfg)
     if checkpoint is not None:
         backend.load_finetuned(checkpoint)
+    if cfg["compile_unet"]:
+        backend.unet.compile()  # after the weights are in: compiled once per job, on first call
     return backend
 
 
@@ -91,7 +93,7 @@ def load_class_priors(priors_dir: Path, size: int) -> tuple[torch.Tensor, str]:
 def class_priors(cfg: dict, class_noun: str, out_dir: Path) -> None:
     from .dreambooth import generate_class_images
 
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
     backend = _backend(cfg)
     class_prompt = f"a {class_noun}"
     n = cfg["dreambooth"]["num_class_images"]
@@ -117,7 +119,7 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
     from .dreambooth import train
 
     db = cfg["dreambooth"]
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
     backend = _backend(cfg, init)
     subject = load_subject(subject_dir, backend.image_size)
     instance_prompt = f"a {subject.token} {subject.class_noun}"
@@ -298,7 +300,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
              out_dir: Path, pseudo_views: Path | None = None) -> None:
     from .nerf import save_nerf
 
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
     backend = _backend(cfg, dreambooth_ckpt)
     prompt = _prompt(cfg, subject_dir, prompt_id)
     fit = NerfFit(cfg, stage, backend, prompt.text, pseudo_views=pseudo_views)
@@ -358,7 +360,7 @@ def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: s
                  out_dir: Path) -> None:
     from .nerf import load_nerf
 
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
     backend = _backend(cfg, dreambooth_ckpt)
     prompt = _prompt(cfg, subject_dir, prompt_id)
     field, background, meta = load_nerf(nerf_path)

@@ -18,7 +18,8 @@ from typing import Iterable
 from .config import apply_overrides, format_setting, parse_setting, resolve_key
 
 # Config keys every rule sees (the model itself and where it runs).
-COMMON_KEYS = ("backend", "device", "precision", "models.sd", "models.if", "models.tiny_space", "seed")
+COMMON_KEYS = ("backend", "device", "precision", "deterministic", "compile_unet",
+               "models.sd", "models.if", "models.tiny_space", "seed")
 DATA_KEYS = ("dataset.prompts_table", "dataset.subjects_table")
 
 _DREAMBOOTH = ("dreambooth.partial_steps", "dreambooth.full_steps", "dreambooth.learning_rate",

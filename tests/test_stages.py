@@ -162,3 +162,15 @@ def test_partial_equal_to_full_writes_both_checkpoints(run_dir):
     stages.dreambooth(cfg, run_dir / "data" / "dog", run_dir / "priors_eq", run_dir / "db_eq")
     partial = (run_dir / "db_eq" / "partial.safetensors").read_bytes()
     assert partial and partial == (run_dir / "db_eq" / "full.safetensors").read_bytes()
+
+
+def test_compile_unet_compiles_the_denoiser_after_loading(monkeypatch):
+    cfg = small_config()
+    cfg["compile_unet"] = True
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    stages._backend(cfg)
+    assert compiled == ["UNet2DConditionModel"]
+    cfg["compile_unet"] = False
+    stages._backend(cfg)
+    assert compiled == ["UNet2DConditionModel"]
