@@ -18,6 +18,7 @@ appears once, with set=eval3d and origin=dataset: the dataset's recontextualisat
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -217,12 +218,20 @@ def _read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found; write it with `python -m db3d prompts --source <dataset>`")
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    # Snakemake's input functions ask for these tables once per job while it plans the DAG
+    # (~600 reads for the paper config): parse each file version once, hand out copies.
+    stat = path.stat()
+    table = _parse_tsv(str(path.resolve()), stat.st_mtime_ns, stat.st_size).copy()
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; regenerate it with "
                         "`python -m db3d prompts --source <dataset>`")
     return table
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_tsv(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
 
 def load_subjects(path: str | Path) -> pd.DataFrame:
