@@ -174,7 +174,18 @@ def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
 
 def variant_nerf(setting: str, subject: str, prompt_id: str, variant: str) -> str:
     stage, rel = VARIANT_NERF[variant]
-    return f"runs/{stage_setting(setting, stage)}/{subject}/{prompt_id}/{rel}"
+    return f"{stage_dir(setting, stage, subject, prompt_id)}/{rel}"
+
+
+def stage_input(wildcards, stage: str, rel: str) -> str:
+    """A rule input from `stage`'s folder for the job's cell: `rel` below runs/<the part of the
+    cell's setting that stage depends on>/<subject>[/<prompt_id>]."""
+    prompt_id = getattr(wildcards, "prompt_id", None)
+    return f"{stage_dir(wildcards.setting, stage, wildcards.subject, prompt_id)}/{rel}"
+
+
+def class_priors_manifest(config: dict, subject: str) -> str:
+    return f"cache/{config['backend']}/class_priors/{class_slug(config, subject)}/manifest.json"
 
 
 # Evaluation reads the eval section, the CLIP/DINO ids and the prompt tables.
@@ -224,7 +235,7 @@ STAGE_FILES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def stage_dir(setting: str, stage: str, subject: str, prompt_id: str) -> str:
+def stage_dir(setting: str, stage: str, subject: str, prompt_id: str | None) -> str:
     """The folder holding a stage's outputs for one run of `setting` (shared across cells)."""
     base = f"runs/{stage_setting(setting, stage)}/{subject}"
     return base if stage == "dreambooth" else f"{base}/{prompt_id}"
@@ -235,8 +246,7 @@ def stage_file(setting: str, stage: str, subject: str, prompt_id: str, which: in
     rel = STAGE_FILES[stage][which]
     if rel is None:
         return None
-    base = f"runs/{stage_setting(setting, stage)}/{subject}"
-    return f"{base}/{rel}" if stage == "dreambooth" else f"{base}/{prompt_id}/{rel}"
+    return f"{stage_dir(setting, stage, subject, prompt_id)}/{rel}"
 
 
 def report_inputs(config: dict, settings: Iterable[str]) -> list[str]:

@@ -26,7 +26,7 @@ rule class_priors:
 rule dreambooth:
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
+        priors=lambda w: wf.class_priors_manifest(config, w.subject),
     output:
         partial="runs/{setting}/{subject}/dreambooth/partial.safetensors",
         full="runs/{setting}/{subject}/dreambooth/full.safetensors",
@@ -47,7 +47,7 @@ rule dreambooth:
 rule nerf_stage1:
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
+        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/stage1/nerf.pt",
         losses="runs/{setting}/{subject}/{prompt_id}/stage1/losses.json",
@@ -68,8 +68,8 @@ rule nerf_stage1:
 rule pseudo_views:
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        nerf=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage1')}/{w.subject}/{w.prompt_id}/stage1/nerf.pt",
-        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
+        nerf=lambda w: wf.stage_input(w, "stage1", "stage1/nerf.pt"),
+        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
     output:
         views="runs/{setting}/{subject}/{prompt_id}/stage2/pseudo_views.pt",
     params:
@@ -89,9 +89,9 @@ rule pseudo_views:
 rule dreambooth_multiview:
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        priors=lambda w: f"cache/{config['backend']}/class_priors/{wf.class_slug(config, w.subject)}/manifest.json",
-        init=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/partial.safetensors",
-        views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
+        priors=lambda w: wf.class_priors_manifest(config, w.subject),
+        init=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
+        views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
     output:
         model="runs/{setting}/{subject}/{prompt_id}/stage3/dreambooth_mv.safetensors",
     params:
@@ -111,8 +111,8 @@ rule dreambooth_multiview:
 rule nerf_stage3:
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'multiview')}/{w.subject}/{w.prompt_id}/stage3/dreambooth_mv.safetensors",
-        views=lambda w: f"runs/{wf.stage_setting(w.setting, 'stage2')}/{w.subject}/{w.prompt_id}/stage2/pseudo_views.pt",
+        dreambooth=lambda w: wf.stage_input(w, "multiview", "stage3/dreambooth_mv.safetensors"),
+        views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/stage3/nerf.pt",
         losses="runs/{setting}/{subject}/{prompt_id}/stage3/losses.json",
@@ -134,7 +134,7 @@ rule nerf_baseline:
     # naive = DreamBooth+Fusion (full DreamBooth -> one SDS NeRF); latent_nerf = the same in latent space
     input:
         subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
-        dreambooth=lambda w: f"runs/{wf.stage_setting(w.setting, 'dreambooth')}/{w.subject}/dreambooth/full.safetensors",
+        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/{baseline}/nerf.pt",
         losses="runs/{setting}/{subject}/{prompt_id}/{baseline}/losses.json",
