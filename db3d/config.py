@@ -157,10 +157,14 @@ def format_setting(params: dict[str, Any]) -> str:
     return "/".join(f"{k}~{v}" for k, v in items)
 
 
-def setting_config(base: dict, setting: str) -> dict:
-    """The fully resolved config of one experiment cell (base config + the setting's overrides)."""
+def setting_config(base: dict, setting: str, check: bool = True) -> dict:
+    """The fully resolved config of one experiment cell (base config + the setting's overrides).
+
+    `check=False` skips the schema: for cells already validated (the Snakefile validates the base
+    and every ablation cell once while it plans, then resolves cells thousands of times)."""
     overrides = parse_setting(setting)
     cfg = apply_overrides({k: v for k, v in base.items() if k != "seed"}, overrides)
-    validate(cfg, f"setting {setting}")
+    if check:
+        validate(cfg, f"setting {setting}")
     cfg["seed"] = int(overrides.get("seed", base.get("seeds", [0])[0]))
     return cfg

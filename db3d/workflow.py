@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from .config import apply_overrides, format_setting, parse_setting, resolve_key
+from .config import format_setting, parse_setting, resolve_key, setting_config
 
 # Config keys every rule sees (the model itself and where it runs).
 COMMON_KEYS = ("backend", "device", "precision", "deterministic", "compile_unet",
@@ -78,11 +78,9 @@ def _select(cfg: dict, keys: Iterable[str]) -> dict:
 
 
 def resolved(config: dict, setting: str) -> dict:
-    """The full config of one cell: the workflow config plus the setting's overrides and seed."""
-    params = parse_setting(setting)
-    cfg = apply_overrides({k: v for k, v in config.items() if k != "seed"}, params)
-    cfg["seed"] = int(params.get("seed", config["seeds"][0]))
-    return cfg
+    """The full config of one cell: the workflow config plus the setting's overrides and seed
+    (validated once at planning time by the Snakefile and `check_ablations`, not per call)."""
+    return setting_config(config, setting, check=False)
 
 
 def rule_config(config: dict, setting: str | None, keys: Iterable[str]) -> str:
@@ -275,7 +273,6 @@ def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> Non
     tiny default, whose full_steps is 60)."""
     import pandas as pd
 
-    from .config import setting_config
     from .errors import ConfigError
 
     ablation_dir = Path(ablation_dir)
