@@ -49,7 +49,9 @@ class Options:
     precision: str = ""             # fp32 | fp16 | bf16 ("" = config `precision`)
     channels_last: bool = False     # UNet + VAE in channels_last memory format
     attention: str = "default"      # default (diffusers' choice: SDPA processors) | classic (AttnProcessor)
-    compile: str = ""               # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
+    compile: str = ""               # "" off | default | reduce-overhead (CUDA graphs) | max-autotune: the UNet
+    cudagraphs: bool = False        # UNet calls without autograd (SDS, sampling) as CUDA graphs (reduce-overhead)
+    compile_vae: bool = False       # torch.compile the VAE encoder (SDS encodes every render through it)
     tf32: bool = False              # torch.backends.cuda.matmul.allow_tf32 (cuDNN keeps torch's default)
     occgrid: str = "on"             # on (fit_nerf: nerfacc grid skipping) | off (marching, no skipping) | dense
     deterministic: bool = True      # torch.use_deterministic_algorithms as every stage sets it
@@ -89,7 +91,7 @@ def coerce_option(key: str, value: str) -> Any:
     names = {f.name for f in fields(Options)}
     if key not in names:
         raise ValueError(f"unknown option {key!r}; known: {', '.join(sorted(names))}, rows")
-    if key in ("channels_last", "tf32", "deterministic", "grad_ckpt"):
+    if key in ("channels_last", "tf32", "deterministic", "grad_ckpt", "cudagraphs", "compile_vae"):
         return _parse_bool(key, value)
     if key == "train_text_encoder":
         return _parse_bool(key, value)
@@ -152,26 +154,52 @@ def parse_variant(spec: str, base: Options, default_rows: Sequence[str]) -> Vari
             rows = parse_rows(value)
         else:
             changes[key] = coerce_option(key, value)
+    if changes.get("compile", None) == "":  # compile=0: nothing compiled (unless the variant says so)
+        changes.setdefault("cudagraphs", False)
+        changes.setdefault("compile_vae", False)
     if not name.replace("_", "").replace("-", "").replace("+", "").replace("=", "").replace(".", "").isalnum():
         raise ValueError(f"variant name {name!r}: use letters, digits, _ - . only")
     return Variant(name=name, options=replace(base, **changes), rows=rows)
 
 
-def base_options(args: argparse.Namespace) -> Options:
-    """The base options from the command-line flags."""
-    return Options(
+def config_options(cfg: dict, stage_compile: dict | None = None) -> dict[str, Any]:
+    """The options a config itself sets, as the stages apply them: `deterministic` (torch's
+    deterministic kernels) and `compile_unet` (`stage_compile`: stages.STAGE_COMPILE, what
+    `compile_unet: true` compiles). The bench's base variant starts from these."""
+    out: dict[str, Any] = {"deterministic": bool(cfg.get("deterministic", True))}
+    if cfg.get("compile_unet") and stage_compile:
+        out.update(compile=coerce_option("compile", stage_compile.get("unet_mode") or "0"),
+                   cudagraphs=bool(stage_compile.get("cudagraphs")), compile_vae=bool(stage_compile.get("vae_encoder")))
+    return out
+
+
+def base_options(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Options:
+    """The base options: `defaults` (the config's own, `config_options`), then the command-line flags."""
+    base = Options(**(defaults or {}))
+    changes: dict[str, Any] = dict(
         precision=coerce_option("precision", args.precision or ""),
-        channels_last=bool(args.channels_last), attention=args.attention,
-        compile=coerce_option("compile", args.compile or "0"), tf32=bool(args.tf32), occgrid=args.occgrid,
-        deterministic=not args.no_deterministic, grad_ckpt=bool(args.grad_ckpt),
-        lora_rank=args.lora_rank, train_text_encoder=(None if args.train_text_encoder is None
-                                                      else _parse_bool("train_text_encoder", args.train_text_encoder)),
+        channels_last=bool(args.channels_last), attention=args.attention, tf32=bool(args.tf32), occgrid=args.occgrid,
+        grad_ckpt=bool(args.grad_ckpt), lora_rank=args.lora_rank,
+        train_text_encoder=(None if args.train_text_encoder is None
+                            else _parse_bool("train_text_encoder", args.train_text_encoder)),
         memlimit=float(args.memory_limit_gib or 0.0))
+    if args.no_deterministic:
+        changes["deterministic"] = False
+    if getattr(args, "compile", None) is not None:
+        changes["compile"] = coerce_option("compile", args.compile)
+        if not changes["compile"]:  # --compile 0: nothing compiled
+            changes.update(cudagraphs=False, compile_vae=False)
+    if getattr(args, "cudagraphs", False):
+        changes["cudagraphs"] = True
+    if getattr(args, "compile_vae", False):
+        changes["compile_vae"] = True
+    return replace(base, **changes)
 
 
-def variants_from_args(args: argparse.Namespace) -> list[Variant]:
-    """[base, *--variant] with the base on --rows and the others on --variant-rows by default."""
-    base = base_options(args)
+def variants_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> list[Variant]:
+    """[base, *--variant] with the base on --rows and the others on --variant-rows by default.
+    `defaults`: the config's own options (`config_options`), under the flags."""
+    base = base_options(args, defaults)
     out = [Variant("base", base, parse_rows(args.rows))]
     default_rows = parse_rows(args.variant_rows)
     for spec in args.variant or []:
@@ -214,11 +242,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=ATTENTION, default="default",
                    help="default: diffusers' processors (SDPA); classic: AttnProcessor (no SDPA)")
     g.add_argument("--compile", nargs="?", const="default", default=None,
-                   help="torch.compile the UNet (optional mode: default, reduce-overhead, max-autotune)")
+                   help="torch.compile the UNet (optional mode: default, reduce-overhead, max-autotune; 0: "
+                        "nothing compiled; default: as the config's compile_unet says)")
+    g.add_argument("--cudagraphs", action="store_true",
+                   help="UNet calls without autograd (SDS, sampling) through CUDA graphs (reduce-overhead)")
+    g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder")
     g.add_argument("--tf32", action="store_true", help="torch.backends.cuda.matmul.allow_tf32 = True")
     g.add_argument("--occgrid", choices=OCCGRID, default="on",
                    help="NeRF sampler: on = occupancy-grid skipping (fit_nerf), off = no skipping, dense = torch sampler")
-    g.add_argument("--no-deterministic", action="store_true", help="turn off torch's deterministic kernels")
+    g.add_argument("--no-deterministic", action="store_true",
+                   help="turn off torch's deterministic kernels (default: as the config's `deterministic` says)")
     g.add_argument("--grad-ckpt", action="store_true", help="UNet gradient checkpointing in DreamBooth")
     g.add_argument("--lora-rank", type=int, default=None, help="override dreambooth.lora_rank")
     g.add_argument("--train-text-encoder", default=None, metavar="0|1", help="override dreambooth.train_text_encoder")

@@ -248,17 +248,21 @@ def applied(backend, opts: Options, device) -> Any:
         if opts.grad_ckpt:
             backend.gradient_checkpointing(True)
             stack.callback(backend.gradient_checkpointing, False)
-        if opts.compile:
-            backend.unet.compile(mode=None if opts.compile == "default" else opts.compile)
+        if compiles(opts):
+            # what stages._backend does for compile_unet (DiffusionBackend.compile_models)
+            notes += backend.compile_models(opts.compile or None, cudagraphs=opts.cudagraphs,
+                                            vae_encoder=opts.compile_vae)
 
-            def _uncompile(m=backend.unet):
-                if hasattr(m, "_compiled_call_impl"):
-                    m._compiled_call_impl = None
+            def _uncompile():
+                backend.uncompile_models()
                 with contextlib.suppress(Exception):
                     torch._dynamo.reset()
             stack.callback(_uncompile)
-            notes.append(f"unet torch.compile(mode={opts.compile})")
         yield notes
+
+
+def compiles(opts: Options) -> bool:
+    return bool(opts.compile or opts.cudagraphs or opts.compile_vae)
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -289,6 +293,8 @@ class Bench:
         self.meta: dict = {}
         self.backend = None
         self.backend_key: tuple | None = None
+        self.compiled = False  # the running variant compiles something (more warm-up, noted per row)
+        self.last_warmup_s = 0.0
         self.t0 = time.monotonic()
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -397,10 +403,23 @@ class Bench:
     # -- rows ---------------------------------------------------------------------------------------
     def _repeat(self, fn: Callable[[], Any], *, warmup: int | None = None, repeats: int | None = None,
                 wall: bool = False) -> list[float]:
-        for _ in range(self.warmup if warmup is None else warmup):
+        """Timed repeats of `fn` after its warm-up calls (at least 3 when something is compiled: the
+        first call compiles, CUDA graphs record on the next); the warm-up's wall time goes to
+        `self.last_warmup_s`."""
+        n = self.warmup if warmup is None else warmup
+        if self.compiled:
+            n = max(n, 3)
+        t0 = time.perf_counter()
+        for _ in range(n):
             fn()
+        self.timer.sync()
+        self.last_warmup_s = time.perf_counter() - t0
         measure = self.timer.wall_ms if wall else self.timer.events_ms
         return [measure(fn) for _ in range(self.repeats if repeats is None else repeats)]
+
+    def _warmup_note(self) -> str:
+        """`; warm-up N s (compile)` for compiled variants: the one-off cost a stage job pays too."""
+        return f"; warm-up {self.last_warmup_s:.1f} s (compile)" if self.compiled else ""
 
     def row_unet(self, cfg: dict) -> dict:
         torch, b = self.torch, self.backend
@@ -415,7 +434,8 @@ class Bench:
                 b.predict_noise(x, 500, cond, uncond, g)
         times = self._repeat(call)
         return dict(times=times, res=b.latent_size, batch=1,
-                    note=f"CFG in one UNet call of batch 2, {b.model_channels}x{b.latent_size}x{b.latent_size} input")
+                    note=f"CFG in one UNet call of batch 2, {b.model_channels}x{b.latent_size}x{b.latent_size} input"
+                         + self._warmup_note())
 
     def row_sds(self, cfg: dict, stage: str, res: int, occgrid: str) -> dict:
         from .workloads import STEADY_STATE_STEP, NerfRun
@@ -428,7 +448,10 @@ class Bench:
         def one_block():
             for _ in range(block):
                 run.step(next(steps))
+        t0 = time.perf_counter()
         one_block()  # warm-up block
+        self.timer.sync()
+        self.last_warmup_s = time.perf_counter() - t0
         run.samples = 0
         times = [self.timer.events_ms(one_block) / block for _ in range(self.sds_repeats)]
         n_iter = block * self.sds_repeats
@@ -438,7 +461,8 @@ class Bench:
         note = (f"sampler {run.sampler} ({grid}), {run.samples / n_iter:.0f} samples/iter, "
                 f"{cfg['nerf']['num_samples']} samples/ray max, guidance {cfg['sds']['guidance_scale']:g}"
                 + (f", {nan} non-finite SDS grads" if nan else "")
-                + (", + reconstruction render" if stage == "stage3" else ""))
+                + (", + reconstruction render" if stage == "stage3" else "")
+                + (f"; warm-up block {self.last_warmup_s:.1f} s (compile)" if self.compiled else ""))
         return dict(row="sds_step" if stage == "stage1" else "sds_step_stage3", times=times, res=res, batch=1,
                     note=note)
 
@@ -456,7 +480,8 @@ class Bench:
             return dict(times=times, res=self.backend.image_size, batch=2 * int(db["batch_size"]),
                         note=f"{run.trained_parameters / 1e6:.1f} M trained params"
                              f"{' (LoRA r=' + str(db['lora_rank']) + ')' if db['lora_rank'] else ''}"
-                             f"{' + text encoder' if db['train_text_encoder'] else ''}, loss {last:.4f}")
+                             f"{' + text encoder' if db['train_text_encoder'] else ''}, loss {last:.4f}"
+                             + self._warmup_note())
         finally:
             del run
             _release_training(self.backend)
@@ -535,7 +560,8 @@ class Bench:
 
         s2 = cfg["stage2"]
         run = Img2ImgRun(cfg, self.backend, self.scratch / "stage2")
-        run.run(num_steps=2, num_views=min(int(s2["batch_size"]), int(s2["num_views"])))  # warm-up
+        # warm-up (compiled: 3 UNet calls at noise 0.5, so the CUDA graph is recorded before the timing)
+        run.run(num_steps=6 if self.compiled else 2, num_views=min(int(s2["batch_size"]), int(s2["num_views"])))
         times = [self.timer.wall_ms(run.run) for _ in range(self.long_repeats)]
         n_run = min(int(s2["sample_steps"] * s2["noise_level"]), int(s2["sample_steps"]))
         return dict(row="img2img_views", times=times, unit="run", res=self.backend.image_size, batch=int(s2["num_views"]),
@@ -595,6 +621,7 @@ class Bench:
                                                                                  for k, v in counts.items())),
                          variant, prec)
         occ = variant.options.occgrid
+        self.compiled = compiles(variant.options)
         try:
             with applied(b, variant.options, self.device) as notes:
                 self.notes.append(f"variant `{variant.name}`: " + "; ".join(notes))
@@ -717,7 +744,8 @@ class Bench:
             meta["nerf_sampler"] = f"unknown ({_one_line(exc, 80)})"
         meta["git"] = _git_describe()
         clock = "CUDA events" if self.device.type == "cuda" else "time.perf_counter"
-        meta["timing"] = (f"{clock}; per-step rows: median of {self.repeats} after {self.warmup} warm-up calls; SDS rows: "
+        meta["timing"] = (f"{clock}; per-step rows: median of {self.repeats} after {self.warmup} warm-up calls (at least "
+                          f"3 for compiled variants); SDS rows: "
                           f"median of {self.sds_repeats} blocks of {self.sds_block} iterations after one warm-up block; "
                           f"run rows: wall clock, {self.long_repeats} repeat(s) after a short warm-up")
         meta["command"] = self.command
@@ -784,10 +812,14 @@ def main(args) -> int:
     """`python -m db3d bench` (arguments: db3d.bench.args + --config/--set/--config-json)."""
     from ..errors import ConfigError
 
+    from ..stages import STAGE_COMPILE
+    from .args import config_options
+
     overrides = dict(kv.split("=", 1) for kv in (getattr(args, "set", None) or []))
     cfg = load_bench_config(getattr(args, "config", None), overrides, getattr(args, "config_json", None))
     try:
-        variants = variants_from_args(args)
+        # the base variant runs as the config's stages would: its deterministic / compile_unet
+        variants = variants_from_args(args, config_options(cfg, STAGE_COMPILE))
         sds_res = parse_resolutions(args.sds_resolutions)
     except ValueError as exc:
         raise ConfigError(f"bench: {exc}") from None

@@ -79,6 +79,7 @@ class DiffusionBackend(nn.Module):
             self.latent_size = self.image_size
             self.scaling_factor = 1.0
         self._finetune: dict | None = None  # {"lora_rank": int, "train_text_encoder": bool}
+        self._compiled: dict[str, Any] = {}  # compile_models: {"unet": fn, "unet_graphed": fn}
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self, enabled: bool = True):
@@ -168,10 +169,71 @@ class DiffusionBackend(nn.Module):
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Raw UNet call -> the model's own prediction (first `model_channels`: IF also predicts variance)."""
+        """Raw UNet call -> the model's own prediction (first `model_channels`: IF also predicts variance).
+        After `compile_models`, through the compiled UNet (CUDA-graphed for calls without autograd)."""
+        compiled = getattr(self, "_compiled", None) or {}
+        graphed = compiled.get("unet_graphed") if not torch.is_grad_enabled() else None
+        unet = graphed if graphed is not None else compiled.get("unet", self.unet)
         with self._autocast():
-            out = self.unet(x, t, encoder_hidden_states=context).sample
-        return out[:, : self.model_channels].float()
+            out = unet(x, t, encoder_hidden_states=context).sample
+        # a CUDA graph's output lives in its static pool and is overwritten by the next replay: copy
+        # what a compiled UNet returns (2 x 4 x 64 x 64 values for SD's SDS call)
+        return out[:, : self.model_channels].to(torch.float32, copy=unet is not self.unet)
+
+    def compile_models(self, unet_mode: str | None = "default", *, cudagraphs: bool = False,
+                       vae_encoder: bool = False, backend: str = "inductor") -> list[str]:
+        """`torch.compile` the diffusion model's hot paths; what they compute does not change
+        (fused kernels round differently, as any kernel choice does). Compilation is lazy: the
+        first call of each shape / grad mode pays it. Returns notes saying what was compiled.
+
+        - `unet_mode` (default | reduce-overhead | max-autotune | None): the UNet, for every call
+          (None: eager, except what `cudagraphs` covers);
+        - `cudagraphs`: calls made without autograd (SDS guidance, DDIM sampling) go through a
+          second compilation with CUDA graphs (mode reduce-overhead), so the UNet's ~1000 kernel
+          launches are replayed as one graph; training keeps `unet_mode` (CUDA only);
+        - `vae_encoder`: the VAE encoder's calls WITH autograd (SDS encodes every render through it
+          and back-propagates; DreamBooth's and img2img's encodes, without autograd, stay eager:
+          compiling them would cost more than they take).
+        `backend` is torch.compile's (`eager` traces without generating code: for tests).
+        `uncompile_models` undoes all of it.
+        """
+        import torch._dynamo
+
+        self.uncompile_models()
+        # shapes, grad modes and weight dtypes (training upcasts, `freeze` casts back) each compile
+        # their own graph: allow more of them than dynamo's default 8 before it falls back to eager
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(int(getattr(torch._dynamo.config, name)), 64))
+
+        def compiled(module, mode):
+            mode = None if mode == "default" or backend != "inductor" else mode  # a mode is inductor's
+            return torch.compile(module, mode=mode, backend=backend)
+
+        notes = []
+        if unet_mode:
+            self._compiled["unet"] = compiled(self.unet, unet_mode)
+            notes.append(f"unet torch.compile(mode={unet_mode})")
+        if cudagraphs and self.device.type == "cuda":
+            self._compiled["unet_graphed"] = compiled(self.unet, "reduce-overhead")
+            notes.append("unet without autograd: torch.compile(mode=reduce-overhead) (CUDA graphs)")
+        if vae_encoder and self.vae is not None:
+            # as nn.Module.compile does (the module's call goes through `_compiled_call_impl`),
+            # but only for calls with autograd on
+            enc = self.vae.encoder
+            fn = torch.compile(enc._call_impl, backend=backend)
+
+            def grad_only(*args, **kwargs):
+                return fn(*args, **kwargs) if torch.is_grad_enabled() else enc._call_impl(*args, **kwargs)
+            enc._compiled_call_impl = grad_only
+            notes.append("vae encoder with autograd: torch.compile(mode=default)")
+        return notes
+
+    def uncompile_models(self) -> None:
+        """Back to the eager modules (what `compile_models` set up is dropped; dynamo's caches stay)."""
+        self._compiled = {}
+        if self.vae is not None and getattr(self.vae.encoder, "_compiled_call_impl", None) is not None:
+            self.vae.encoder._compiled_call_impl = None
 
     def predict_noise(self, x_t: torch.Tensor, t: Any, cond: torch.Tensor,
                       uncond: torch.Tensor | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
