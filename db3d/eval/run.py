@@ -12,6 +12,8 @@ Output, in `out_dir` (each file atomic; docs/evaluation.md):
 - `mesh.glb`, `mesh.obj`: marching-cubes mesh with albedo vertex colours (`db3d.eval.mesh`;
   geometry only for a latent NeRF).
 - `retrieval_pool.json`: the prompt pool, the true prompt, its index, the CLIP labels.
+- for a synthetic subject (`object.json`) and its plain prompt: the ground-truth rows (`model`
+  `ground truth`: psnr, psnr_back, ssim, silhouette_iou, chamfer, janus_gt; `db3d.eval.groundtruth`).
 - `eval_info.json`: the Janus components per model, the photos used, the mesh, and the wall
   time of each part (`timing_s`; also logged).
 """
@@ -109,7 +111,7 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
     subject = subject_dir.name
     seed = int(cfg.get("seed", (cfg.get("seeds") or [0])[0]))
     device = resolve_device(cfg)
-    tiny = cfg["backend"] == "tiny"
+    tiny = cfg["backend"] in ("tiny", "toy")  # offline backends: random CLIP/DINO stand-ins
     clock = Stopwatch(device)
 
     with clock.part("load"):
@@ -169,6 +171,18 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
         dino_label = dino.label
         del dino
 
+    # synthetic subjects (object.json) have a true object: compare with it (db3d.eval.groundtruth)
+    from ..synth.world import load_object
+    from .groundtruth import GT_MODEL, ground_truth_for_run
+
+    gt_obj, gt_info = load_object(subject_dir), None
+    if gt_obj is not None:
+        with clock.part("ground truth"):
+            gt_rows, gt_info = ground_truth_for_run(cfg, field, background, meta, subject_dir, gt_obj,
+                                                    texts["prompt"], device)
+        for metric, value, note in gt_rows:
+            add(metric, GT_MODEL, value, note)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with clock.part("mesh"):
         channels = nerf_channels(field, meta)
@@ -191,7 +205,8 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
                 "clip_models": labels, "dino_model": dino_label,
                 "photos": {"count": int(photos.images.shape[0]), "resolution": photos.resolution,
                            "files": [str(f) for f in photos.files]},
-                "janus": janus_info, "mesh": mesh_info, "timing_s": timing})
+                "janus": janus_info, "mesh": mesh_info, "timing_s": timing,
+                **({"ground_truth": gt_info} if gt_info is not None else {})})
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     out = out_dir / "metrics.tsv"
     with atomic_path(out) as tmp:
