@@ -13,7 +13,9 @@ renders (`eval/<variant>/turntable.gif`, `eval_info.json`, `retrieval_pool.json`
 folders of its NeRF (`losses.json`, `turntable.png`, `stage2/pseudo_views.png`) found through
 `db3d.workflow.stage_setting`, so stale folders under runs/ never leak in; the subjects' photos
 (`data/subjects/<subject>/images_*`); `runs/<setting>/config.json`; the ablation tables named in
-the config; `results/userstudy.tsv` beside the metrics table when it exists.
+the config; `results/userstudy.tsv` beside the metrics table when it exists; with backend toy the
+prior's folder (`models.toy`: samples.png, train_log.json, model.safetensors). The synthetic
+track's sections (ground-truth metrics, the trained prior) are made in `groundtruth.py`.
 
 Reproducible: same inputs -> same PDF. The document date is `none`, nothing reads a clock, and
 lists are sorted. Provenance that comes from the environment (git commit, hardware of the machine
@@ -76,6 +78,9 @@ WARNING_BODY = ("This report was produced with backend: tiny - the diffusion mod
                 "tiny-random(...)) is the score of one random network on another's output. Use backend "
                 "sd or if with the real CLIP weights for results that can be compared with the paper.")
 WARNING_SHORT = "Backend tiny: random-weight diffusion and CLIP models (labelled tiny-random(...))."
+# Backends whose CLIP/DINO metrics come from the random-weight stand-ins (toy: its prior is trained,
+# the evaluation models are not; the ground-truth metrics are its real numbers, db3d.report.groundtruth).
+STAND_IN_BACKENDS = ("tiny", "toy")
 USER_STUDY_INTRO = ("The paper complements CLIP R-Precision with pairwise user preferences on subject "
                     "fidelity, 3D consistency and prompt fidelity: raters compare DreamBooth3D with one baseline "
                     "per pair (docs/userstudy.md). Rates are the share of kept answers preferring DreamBooth3D with "
@@ -226,12 +231,13 @@ def table_models(df, cfg: dict, metric: str = "clip_r_precision") -> list[str]:
     labels = sorted(set(sub["model"]) - {""}, key=model_sort_key) if len(sub) else []
     if labels:
         return labels
-    tiny = cfg.get("backend") == "tiny"
+    tiny = cfg.get("backend") in STAND_IN_BACKENDS
     return [f"tiny-random({m})" if tiny else m for m in cfg["models"]["clip"]]
 
 
 def table_variants(df, cfg: dict) -> list[str]:
-    return sorted(set(VARIANT_ORDER) | set(cfg.get("variants", [])) | set(df["variant"]), key=variant_sort_key)
+    """The config's variants (all four when it names none) and every variant of the table."""
+    return sorted(set(cfg.get("variants") or VARIANT_ORDER) | set(df["variant"]), key=variant_sort_key)
 
 
 def results_table(df, metric: str, variants: list[str], models: list[str], with_paper: bool,
@@ -431,10 +437,14 @@ def _metric_note(df, setting: str, subject: str, prompt_id: str, variant: str) -
              & (df["variant"] == variant)]
     parts = []
     for metric in ("clip_r_precision", "dino_i", "janus"):
-        model = metric_model(df, metric)
+        model = metric_model(df[df["model"] != "ground truth"], metric)
         vals = sub[(sub["metric"] == metric) & (sub["model"] == model)]["value"].tolist()
         if vals and vals[0] == vals[0]:
             parts.append(f"{METRIC_LABEL[metric]} {vals[0]:.3f}")
+    for metric, label in (("psnr", "PSNR"), ("chamfer", "Chamfer")):  # synthetic track: ground truth
+        vals = sub[(sub["metric"] == metric) & (sub["model"] == "ground truth")]["value"].tolist()
+        if vals and vals[0] == vals[0]:
+            parts.append(f"{label} {vals[0]:.3f}")
     return " \u00b7 ".join(parts)
 
 
@@ -685,10 +695,13 @@ def hardware_info() -> tuple[str, str]:
     return cpu, gpu
 
 
-def model_ids(cfg: dict, clip_labels: list[str], dino_label: str | None = None) -> str:
+def model_ids(cfg: dict, clip_labels: list[str], dino_label: str | None = None, toy_sha: str | None = None) -> str:
     b = cfg.get("backend")
     models = cfg.get("models", {})
-    if b == "tiny":
+    if b == "toy":
+        gen = (f"toy prior trained on synthetic renders ({models.get('toy', 'models/toy')}, "
+               f"sha256 {toy_sha[:16] if toy_sha else 'unknown'}); CLIP/DINO: random-weight stand-ins")
+    elif b == "tiny":
         gen = f"tiny random-weight stand-ins (tiny_space: {models.get('tiny_space', '?')})"
     elif b == "sd":
         gen = f"Stable Diffusion: {models.get('sd', '?')}"
@@ -715,11 +728,14 @@ def _versions() -> str:
 # ----------------------------------------------------------------------------- main entry
 def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *,
                userstudy: Path | None = None, subjects_dir: Path | None = None,
-               ablation_dir: Path | None = None) -> dict:
+               ablation_dir: Path | None = None, prior_dir: Path | None = None) -> dict:
     """Everything the template shows (also writes the figures and image strips into build_dir)."""
+    from . import groundtruth as gtm  # imports this module
+
     df = load_metrics(metrics_path)
     runs = Runs(runs_dir)
-    tiny = cfg.get("backend") == "tiny"
+    backend = str(cfg.get("backend"))
+    tiny = backend in STAND_IN_BACKENDS  # the CLIP/DINO metrics are random-weight stand-ins
     models = table_models(df, cfg)
     variants = table_variants(df, cfg)
     userstudy = Path(userstudy) if userstudy is not None else Path(metrics_path).parent / "userstudy.tsv"
@@ -743,7 +759,7 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
         note=("Paper: DreamBooth3D (Raj et al., ICCV 2023) Table 1; n/a = not reported there or not yet "
               "checked against the paper (db3d.report.build.PAPER_VALUES). The paper's retrieval pool and "
               "renders differ from ours, so the columns are comparable in trend, not digit by digit."
-              + (" Ours: random-weight CLIP stand-ins (tiny backend) - meaningless." if tiny else "")))
+              + (f" Ours: random-weight CLIP stand-ins ({backend} backend) - meaningless." if tiny else "")))
     clipt_table, stats_t = results_table(
         main_df, "clip_t", variants, models, False,
         intro=f"Mean cosine similarity between the views and the prompt text (token removed); mean \u00b1 s.e. over {unit}.")
@@ -759,6 +775,13 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
     present_variants = [v for v in variants if v in set(main_df["variant"])] if len(main_df) else []
     fidelity = fidelity_section(main_df, present_variants, tiny) if len(main_df) else None
     janus = janus_section(main_df, present_variants, tiny) if len(main_df) else None
+    groundtruth = gtm.groundtruth_section(main_df, variants, fig_dir) if len(main_df) else None
+    toy = backend == "toy"
+    prior_info = None
+    if toy:
+        folder = Path(prior_dir) if prior_dir is not None else gtm.prior_dir(cfg, Path(runs_dir).parent)
+        prior_info = gtm.prior_info(folder, str(prior_dir if prior_dir is not None else
+                                                 cfg.get("models", {}).get("toy") or folder))
 
     ablations = ablations_section(df, cfg, runs, assets, fig_dir, tiny) if len(df) else []
     named = list(cfg.get("ablations", []) or [])
@@ -794,11 +817,13 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
         p = ablation_dir / f"{name}.tsv"
         tables.append(f"{name} ({sha256_file(p)[:16]})" if p.is_file() else f"{name} (missing)")
     dino = metric_model(df, "dino_i") if len(df) else None
+    toy_sha = prior_info["sha"] if prior_info else None
     provenance = {
         "items": [
             ["git commit", git_info()],
             ["backend", str(cfg.get("backend"))],
-            ["model ids", model_ids(cfg, models, dino)],
+            ["model ids", model_ids(cfg, models, dino, toy_sha)],
+            *(gtm.prior_provenance(prior_info) if prior_info else []),
             ["seeds", f"in metrics: {', '.join(map(str, seeds)) or 'none'}; config seeds: "
                       f"{', '.join(map(str, cfg.get('seeds', [])))}"],
             ["report config hash", canonical_hash(cfg)],
@@ -817,7 +842,11 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
         "subtitle": "A reproduction of DreamBooth3D: Subject-Driven Text-to-3D Generation (Raj et al., ICCV 2023)",
         "backend": str(cfg.get("backend")),
         "clip_models": models,
-        "warning": {"headline": WARNING_HEADLINE, "body": WARNING_BODY, "short": WARNING_SHORT} if tiny else None,
+        "warning": ({"headline": WARNING_HEADLINE, "body": WARNING_BODY, "short": WARNING_SHORT}
+                    if backend == "tiny" else None),
+        "toy_note": gtm.toy_note(prior_info) if prior_info else None,
+        "prior": gtm.prior_section(prior_info, build_dir) if prior_info else None,
+        "groundtruth": groundtruth,
         "summary": summary,
         "main_table": main_table,
         "clipt_table": clipt_table,
@@ -858,17 +887,18 @@ def compile_typst(build_dir: Path) -> bytes:
 
 def build_report(cfg: dict, metrics_path: Path, runs_dir: Path, out_pdf: Path, *,
                  userstudy: Path | None = None, subjects_dir: Path | None = None,
-                 ablation_dir: Path | None = None) -> Path:
+                 ablation_dir: Path | None = None, prior_dir: Path | None = None) -> Path:
     """Typeset the report PDF from the metrics table and the run folders; returns `out_pdf`.
 
     Defaults: `userstudy` = userstudy.tsv beside the metrics table (read when present),
-    `subjects_dir` = data/subjects and `ablation_dir` = ablations/ beside the runs folder."""
+    `subjects_dir` = data/subjects and `ablation_dir` = ablations/ beside the runs folder; with
+    backend toy, `prior_dir` = `cfg["models"]["toy"]` (relative: to the runs folder's parent)."""
     metrics_path, runs_dir, out_pdf = Path(metrics_path), Path(runs_dir), Path(out_pdf)
     build_dir = out_pdf.parent / "build" / out_pdf.stem
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
     data = build_data(cfg, metrics_path, runs_dir, build_dir, userstudy=userstudy, subjects_dir=subjects_dir,
-                      ablation_dir=ablation_dir)
+                      ablation_dir=ablation_dir, prior_dir=prior_dir)
     (build_dir / "data.json").write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     shutil.copyfile(TEMPLATE_PATH, build_dir / "main.typ")
     pdf = compile_typst(build_dir)

@@ -159,3 +159,61 @@ def loss_figure(path: Path, losses: list[float], title: str) -> None:
     ax.grid(linewidth=0.3, alpha=0.6)
     fig.tight_layout()
     _save(fig, path)
+
+
+def groundtruth_figure(path: Path, panels: list[dict]) -> None:
+    """One panel per ground-truth metric: per variant the mean +- s.e. (large marker, error bar)
+    and the per-subject means (small dots, spread sideways).
+
+    panels: [{"title", "ylabel", "items": [{"label", "mean", "se", "n", "points": [...]}]}]"""
+    n = max(len(panels), 1)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(2.35 * cols + 0.3, 2.6 * rows + 0.2)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_visible(False)
+            continue
+        p = panels[k]
+        xs = list(range(len(p["items"])))
+        for x, it in zip(xs, p["items"]):
+            c = COLORS[x % len(COLORS)]
+            pts = it["points"]
+            if pts:
+                w = 0.22
+                offs = [(-w + 2 * w * i / (len(pts) - 1)) if len(pts) > 1 else 0.0 for i in range(len(pts))]
+                ax.plot([x + 0.12 + o * 0.5 for o in offs], pts, ".", color=c, alpha=0.45, markersize=3.5)
+            if it["n"] and not math.isnan(it["mean"]):
+                ax.errorbar([x - 0.12], [it["mean"]], yerr=[it["se"] or 0.0], fmt=MARKERS[x % len(MARKERS)],
+                            color=c, markersize=5, capsize=3, elinewidth=1.0)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([it["label"] for it in p["items"]], fontsize=6.5, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(xs) - 0.4)
+        ax.set_title(p["title"], fontsize=8)
+        ax.set_ylabel(p["ylabel"], fontsize=7)
+        ax.tick_params(axis="y", labelsize=6.5)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.6)
+        ax.set_axisbelow(True)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def prior_loss_figure(path: Path, curve: list[tuple[float, float]]) -> None:
+    """Training loss of the toy prior against the step (log y when it spans > 20x)."""
+    fig = _figure(6.0, 2.1)
+    ax = fig.subplots(1, 1)
+    fin = [(s, v) for s, v in curve if math.isfinite(s) and math.isfinite(v)]
+    if fin:
+        ax.plot([s for s, _ in fin], [v for _, v in fin], color=COLORS[0], linewidth=0.9, marker="." if len(fin) < 60
+                else None, markersize=2.5)
+        ys = [v for _, v in fin]
+        if min(ys) > 0 and max(ys) / min(ys) > 20:
+            ax.set_yscale("log")
+    ax.set_title("toy prior: training loss", fontsize=8)
+    ax.set_xlabel("step", fontsize=7)
+    ax.set_ylabel("loss", fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.grid(linewidth=0.3, alpha=0.6)
+    fig.tight_layout()
+    _save(fig, path)
