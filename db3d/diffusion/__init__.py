@@ -4,7 +4,9 @@
 - `sd`: Stable Diffusion 2.1-base (latent), from `cfg["models"]["sd"]` (hub id, local folder, or `random`);
 - `if`: DeepFloyd IF stage I (pixel 64x64), from `cfg["models"]["if"]` (same choices);
 - `tiny`: the same architectures at ~1 M parameters with random weights (offline CPU tests; its
-  images are noise), in `cfg["models"]["tiny_space"]` = latent | pixel.
+  images are noise), in `cfg["models"]["tiny_space"]` = latent | pixel;
+- `toy`: a small pixel model (32x32) TRAINED on synthetic renders (db3d.synth.prior), loaded from
+  the checkpoint folder `cfg["models"]["toy"]` (default `models/toy`).
 Device from `cfg["device"]` (`auto`: CUDA when present) unless `device` is given; compute precision
 from `cfg["precision"]` on CUDA, always fp32 on CPU.
 """
@@ -29,6 +31,10 @@ def build_backend(cfg: dict, device: str | torch.device | None = None) -> Diffus
         from .tiny import build_tiny
 
         return build_tiny(models.get("tiny_space", "latent"), dev, dtype)
+    if name == "toy":
+        from .toy import load_toy
+
+        return load_toy(str(models.get("toy", "models/toy")), dev, dtype)
     if name == "sd":
         from .sd import load_sd
 
@@ -37,4 +43,4 @@ def build_backend(cfg: dict, device: str | torch.device | None = None) -> Diffus
         from .deepfloyd import load_if
 
         return load_if(str(models.get("if", "DeepFloyd/IF-I-XL-v1.0")), dev, dtype)
-    raise ConfigError(f"backend {name!r}: expected tiny, sd or if")
+    raise ConfigError(f"backend {name!r}: expected tiny, toy, sd or if")
