@@ -18,6 +18,9 @@ import db3d.workflow as wf
 from db3d.errors import Db3dError
 
 MAIN_SETTINGS = wf.main_settings(config)
+SUBJECT_META = wf.subject_meta(config)  # data/subjects/... (DreamBooth photos) or data/synthetic/...
+PRIOR = wf.prior_checkpoint(config)  # the toy prior's weights, an input of every model rule
+GPU = {"gpu": wf.gpu_count(config)}  # resources of every job that runs a model
 # Planning-time check of the ablation tables named in the config (missing table, unknown column,
 # a value the schema refuses, partial_steps > full_steps): one line and exit 1, before any job.
 try:
@@ -36,6 +39,7 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/prior.smk"
 include: "rules/method.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"

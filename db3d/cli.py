@@ -50,6 +50,19 @@ def cmd_dataset(args: argparse.Namespace) -> None:
                   min_images=args.min_images, subjects_table=Path(args.subjects_table))
 
 
+def cmd_synthetic_subject(args: argparse.Namespace) -> None:
+    from .synth.subjects import build_from_table
+
+    build_from_table(_config(args), args.subject, Path(args.out))
+
+
+def cmd_toy_prior(args: argparse.Namespace) -> None:
+    from .synth.prior import train_prior
+
+    cfg = _config(args)
+    train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], Path(args.out))
+
+
 def cmd_class_priors(args: argparse.Namespace) -> None:
     from .stages import class_priors
 
@@ -95,7 +108,11 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    build_report(_config(args), Path(args.metrics), Path(args.runs), Path(args.out))
+    from .workflow import subjects_dir
+
+    cfg = _config(args)
+    built = Path(args.subjects_dir) if args.subjects_dir else Path(args.runs).resolve().parent / subjects_dir(cfg)
+    build_report(cfg, Path(args.metrics), Path(args.runs), Path(args.out), subjects_dir=built)
 
 
 def cmd_userstudy_build(args: argparse.Namespace) -> None:
@@ -163,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-images", type=int, default=3)
     sp.set_defaults(func=cmd_dataset)
 
+    sp = with_config(sub.add_parser("synthetic-subject", help="render one synthetic subject (photos, masks, "
+                                                              "meta.json, object.json) from the subject table"))
+    sp.add_argument("--subject", required=True, help="a row of dataset.subjects_table (config/synthetic/subjects.tsv)")
+    sp.add_argument("--out", required=True, help="output folder data/synthetic/<subject>")
+    sp.set_defaults(func=cmd_synthetic_subject)
+
+    sp = with_config(sub.add_parser("toy-prior", help="train the toy backend's text-to-image prior on synthetic "
+                                                      "renders (models/toy/)"))
+    sp.add_argument("--out", required=True, help="checkpoint folder (model.safetensors, samples.png, train_log.json)")
+    sp.set_defaults(func=cmd_toy_prior)
+
     sp = with_config(sub.add_parser("class-priors", help="sample the class-prior images of one class"))
     sp.add_argument("--class-noun", required=True)
     sp.add_argument("--out", required=True, help="output folder (images + manifest.json)")
@@ -211,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("report", help="typeset reports/main.pdf from the metrics and run folders"))
     sp.add_argument("--metrics", required=True)
     sp.add_argument("--runs", default="runs")
+    sp.add_argument("--subjects-dir", help="built subjects (default: data/subjects or data/synthetic, by dataset.kind, "
+                    "beside the runs folder)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_report)
 

@@ -1,6 +1,10 @@
-# The dataset: one rule per subject builds data/subjects/<subject>/ (crops, masks, meta.json) from
-# the google/dreambooth folder (config dataset.source); `dataset_all` builds all 30 subjects.
-# The subject and prompt tables (config/*.tsv) are committed, written by `python -m db3d prompts`.
+# The subjects, one folder each with photos, masks and meta.json, by `dataset.kind`:
+# - dreambooth: rule `dataset` builds data/subjects/<subject>/ from the google/dreambooth folder
+#   (config dataset.source); the tables config/subjects.tsv, config/prompts.tsv are committed,
+#   written by `python -m db3d prompts`;
+# - synthetic: rule `synthetic_subject` renders data/synthetic/<subject>/ (front-biased photos of a
+#   procedural object, plus object.json: its true geometry) from a row of config/synthetic/subjects.tsv.
+# `dataset_all` builds every subject of the configured table.
 from db3d.data.build import local_photos
 from db3d.data.prompts import load_subjects
 
@@ -28,6 +32,23 @@ rule dataset:
         " --min-images {params.min_images} > {log} 2>&1"
 
 
+rule synthetic_subject:
+    input:
+        table=config["dataset"]["subjects_table"],
+    output:
+        # written last, inside a folder renamed into place whole
+        meta="data/synthetic/{subject}/meta.json",
+    params:
+        cfg=lambda w: wf.rule_config(config, None, wf.SYNTHETIC_SUBJECT_KEYS),
+    log:
+        "logs/synthetic_subject/{subject}.log",
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m db3d synthetic-subject --config-json {params.cfg:q} --subject {wildcards.subject}"
+        " --out $(dirname {output.meta}) > {log} 2>&1"
+
+
 rule dataset_all:
     input:
-        expand("data/subjects/{subject}/meta.json", subject=DATASET_ALL_SUBJECTS),
+        expand(SUBJECT_META, subject=DATASET_ALL_SUBJECTS),

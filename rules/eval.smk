@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         nerf=lambda w: wf.variant_nerf(w.setting, w.subject, w.prompt_id, w.variant),
     output:
         metrics="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/metrics.tsv",

@@ -3,10 +3,10 @@
 # Folders are keyed by the part of the setting each stage depends on (wf.stage_setting), so an
 # ablation cell reuses every upstream result it shares with another cell.
 
-GPU = {"gpu": wf.gpu_count(config)}
-
 
 rule class_priors:
+    input:
+        prior=ancient(PRIOR),  # the toy backend's trained weights ([] for tiny/sd/if)
     output:
         "cache/{backend}/class_priors/{cls}/manifest.json",
     params:
@@ -25,7 +25,8 @@ rule class_priors:
 
 rule dreambooth:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         priors=lambda w: wf.class_priors_manifest(config, w.subject),
     output:
         partial="runs/{setting}/{subject}/dreambooth/partial.safetensors",
@@ -46,7 +47,8 @@ rule dreambooth:
 
 rule nerf_stage1:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/stage1/nerf.pt",
@@ -67,7 +69,8 @@ rule nerf_stage1:
 
 rule pseudo_views:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         nerf=lambda w: wf.stage_input(w, "stage1", "stage1/nerf.pt"),
         dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
     output:
@@ -88,7 +91,8 @@ rule pseudo_views:
 
 rule dreambooth_multiview:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         priors=lambda w: wf.class_priors_manifest(config, w.subject),
         init=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
         views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
@@ -110,7 +114,8 @@ rule dreambooth_multiview:
 
 rule nerf_stage3:
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         dreambooth=lambda w: wf.stage_input(w, "multiview", "stage3/dreambooth_mv.safetensors"),
         views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
     output:
@@ -133,7 +138,8 @@ rule nerf_stage3:
 rule nerf_baseline:
     # naive = DreamBooth+Fusion (full DreamBooth -> one SDS NeRF); latent_nerf = the same in latent space
     input:
-        subject=ancient("data/subjects/{subject}/meta.json"),  # DVC-tracked: a dvc pull re-triggers nothing
+        subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
+        prior=ancient(PRIOR),
         dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
     output:
         nerf="runs/{setting}/{subject}/{prompt_id}/{baseline}/nerf.pt",

@@ -26,6 +26,8 @@ rule report:
         # results/userstudy.tsv when it exists, by its absolute path, so the report never schedules
         # the user study (wf.userstudy_report_input; answers come from people)
         userstudy=lambda w: wf.userstudy_report_input(),
+        # the toy prior's samples and training log (the report's "trained prior" section)
+        prior=wf.prior_report_files(config),
     output:
         "reports/main.pdf",
     params:

@@ -14,7 +14,7 @@ rule userstudy_build:
     input:
         # the evaluate rule writes turntable.gif beside metrics.tsv
         evals=lambda w: wf.eval_targets(config, [USERSTUDY_SETTING]),
-        subjects=lambda w: expand("data/subjects/{subject}/meta.json", subject=wf.subjects(config)),
+        subjects=lambda w: expand(SUBJECT_META, subject=wf.subjects(config)),
         prompts=config["dataset"]["prompts_table"],
         subjects_table=config["dataset"]["subjects_table"],
     output:
@@ -25,6 +25,7 @@ rule userstudy_build:
         study=r"[A-Za-z0-9_.-]+",
     params:
         setting=USERSTUDY_SETTING,
+        data=wf.subjects_dir(config),
         seed=config["userstudy"]["seed"],
         raters=config["userstudy"]["raters"],
     log:
@@ -33,7 +34,7 @@ rule userstudy_build:
         "../envs/gpu.yaml"
     shell:
         "python -m db3d userstudy build --runs runs --setting {params.setting:q} --out $(dirname {output.manifest})"
-        " --seed {params.seed} --raters {params.raters} --data data/subjects"
+        " --seed {params.seed} --raters {params.raters} --data {params.data:q}"
         " --prompts-table {input.prompts:q} --subjects-table {input.subjects_table:q} > {log} 2>&1"
 
 

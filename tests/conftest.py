@@ -1,4 +1,4 @@
-"""Shared fixtures: `tiny_cfg` (the default config with a seed) and the `gpu` marker.
+"""Shared fixtures: `tiny_cfg` (the tiny track's config with a seed) and the `gpu` marker.
 
 Tests marked `@pytest.mark.gpu` are skipped on machines without CUDA (CI here has none), through
 `pytest_collection_modifyitems`, so the marker alone is enough in a test file.
@@ -37,11 +37,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def tiny_cfg() -> dict:
-    """The default config (`config/config.yaml`: backend tiny) with `seed` 0; a fresh copy per test."""
+    """The tiny track's config (`config/config.yaml` + `config/tiny.yaml`: backend tiny, random
+    weights, the DreamBooth subjects) with `seed` 0; a fresh copy per test."""
     if "cfg" not in _CFG_CACHE:
-        from db3d.config import load_config
+        from db3d.config import DEFAULT_CONFIG_PATH, load_config
 
-        cfg = load_config()
+        cfg = load_config([DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_PATH.parent / "tiny.yaml"])
         cfg["seed"] = 0
         _CFG_CACHE["cfg"] = cfg
     return copy.deepcopy(_CFG_CACHE["cfg"])

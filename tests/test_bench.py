@@ -14,8 +14,9 @@ from db3d.bench import COLUMNS, Options, Row, Variant, load_bench_config, parse_
 from db3d.bench.args import ROW_KEYS, coerce_option, parse_rows
 from db3d.config import REPO_ROOT
 
-SMALL = {
-    "device": "cpu",
+SMALL = {  # the tiny track (config/tiny.yaml's backend and DreamBooth subject tables), smaller still
+    "backend": "tiny", "device": "cpu",
+    "dataset.subjects_table": "config/subjects.tsv", "dataset.prompts_table": "config/prompts.tsv",
     "nerf.render_resolution": "16", "nerf.num_samples": "8", "nerf.grid_resolution": "16",
     "stage2.num_views": "2", "stage2.sample_steps": "2", "stage2.batch_size": "2",
     "eval.num_views": "2", "eval.resolution": "16",
@@ -364,3 +365,95 @@ def test_bench_cuda(tmp_path):
     assert "dense torch sampler" in sds["dense"]
     md = (tmp_path / "gpu.md").read_text()
     assert torch.cuda.get_device_name() in md and "allocator capped" in md
+
+
+# ---- compilation (compile_unet): what the stages compile is what the bench times -----------------------
+
+def test_compile_models_computes_the_same_and_undoes(monkeypatch):
+    """`DiffusionBackend.compile_models` routes the UNet (and VAE encoder) calls through
+    torch.compile (here its `eager` backend: dynamo tracing, no code generation) without changing
+    the results, also with gradients; `uncompile_models` restores the eager modules."""
+    from db3d.diffusion import build_backend
+
+    b = build_backend(small_cfg())
+    x = torch.randn(1, b.model_channels, b.latent_size, b.latent_size)
+    cond, uncond = b.encode_text(["a sks dog"]), b.encode_text([""])
+    img = torch.rand(1, 3, 16, 16)
+
+    def run():
+        with torch.no_grad():
+            eps = b.predict_noise(x, 500, cond, uncond, 7.5)
+        r = img.clone().requires_grad_(True)
+        z = b.encode_images(r)
+        z.square().sum().backward()
+        return eps, z.detach(), r.grad
+
+    want = run()
+    notes = b.compile_models("default", cudagraphs=True, vae_encoder=True, backend="eager")
+    assert set(b._compiled) == {"unet"}  # no CUDA graphs on CPU
+    assert any("unet torch.compile" in n for n in notes) and any("vae encoder" in n for n in notes)
+    assert b.vae.encoder._compiled_call_impl is not None
+    compiled, used = b._compiled["unet"], []
+    b._compiled["unet"] = lambda *a, **k: used.append(torch.is_grad_enabled()) or compiled(*a, **k)
+    got = run()
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w)
+    assert used == [False]  # the guidance call went through the compiled UNet
+    b.uncompile_models()
+    assert not b._compiled and b.vae.encoder._compiled_call_impl is None
+    torch._dynamo.reset()
+
+
+def test_stages_compile_what_the_bench_base_runs(monkeypatch):
+    """compile_unet: true makes `stages._backend` call compile_models(**STAGE_COMPILE), and the
+    bench's base variant of such a config applies the same options (and the config's kernels)."""
+    import argparse
+
+    from db3d import stages
+    from db3d.bench.args import add_arguments, config_options, variants_from_args
+    from db3d.diffusion.base import DiffusionBackend
+
+    seen = []
+    monkeypatch.setattr(DiffusionBackend, "compile_models", lambda self, *a, **k: seen.append((a, k)) or [])
+    cfg = small_cfg(compile_unet="true", deterministic="false")
+    stages._backend(cfg)
+    assert seen == [((), stages.STAGE_COMPILE)]
+    parse = lambda *argv: add_arguments(argparse.ArgumentParser()).parse_args(["--out", "x.tsv", *argv])  # noqa: E731
+    base = variants_from_args(parse(), config_options(cfg, stages.STAGE_COMPILE))[0].options
+    assert base.deterministic is False
+    assert (base.compile, base.cudagraphs, base.compile_vae) == (stages.STAGE_COMPILE["unet_mode"] or "",
+                                                                 stages.STAGE_COMPILE["cudagraphs"],
+                                                                 stages.STAGE_COMPILE["vae_encoder"])
+    off = variants_from_args(parse("--compile", "0"), config_options(cfg, stages.STAGE_COMPILE))[0].options
+    assert (off.compile, off.cudagraphs, off.compile_vae, off.deterministic) == ("", False, False, False)
+    plain = variants_from_args(parse(), config_options(small_cfg(), stages.STAGE_COMPILE))[0].options
+    assert plain == Options(deterministic=small_cfg()["deterministic"])
+    v = parse_variant("cg compile=1 cudagraphs=1 compile_vae=1", plain, ROW_KEYS).options
+    assert v.cudagraphs and v.compile_vae and "cudagraphs=1 compile_vae=1" in v.describe()
+    eager = parse_variant("eager compile=0", base, ROW_KEYS).options  # nothing compiled
+    assert (eager.compile, eager.cudagraphs, eager.compile_vae, eager.deterministic) == ("", False, False, False)
+
+
+def test_stagecheck_summary_and_compare():
+    """`db3d.bench.stagecheck`: per-iteration stamps -> steady rate and warm-up; two runs compared."""
+    from db3d.bench.stagecheck import compare, summarise
+
+    def fake(first_ms, steady_ms, sds_scale):
+        n = 300
+        dts = [first_ms / 1e3] + [steady_ms / 1e3] * (n - 1)
+        stamps, t = [], 10.0
+        for d in dts:
+            t += d
+            stamps.append(t)
+        recs = [{"step": i, "sds": sds_scale * (1 + i % 3), "loss": 1.0, "t": [500 + i], "shading": "albedo"}
+                for i in range(n)]
+        losses = {"steps": recs, "perf": {"render_resolution": 64, "iters_per_s": 1.0}}
+        return summarise({"compile_unet": False}, "stage1", losses, stamps, 0.0, 10.0, t + 1)
+
+    a, b = fake(200, 100, 1.0), fake(30_000, 50, 1.01)
+    assert math.isclose(a["steady_ms_median"], 100) and math.isclose(b["steady_iters_per_s"], 20)
+    assert math.isclose(b["first_iters_excess_s"], 30.2 - 0.25, rel_tol=1e-6)
+    c = compare(a, b)
+    assert math.isclose(c["speedup_steady"], 2.0) and c["same_timesteps_and_shading"]
+    assert math.isclose(c["sds_rel_diff_median_first10"], 0.01, rel_tol=1e-6) and c["finite"] == [True, True]
+    assert math.isclose(c["warmup_excess_s"], 29.95 - 0.1, rel_tol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +17,11 @@ from db3d.data.build import build_subject
 from db3d.io import read_json, torch_load
 
 pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def small_config() -> dict:
-    cfg = load_config()
+    cfg = load_config([REPO / "config" / "config.yaml", REPO / "config" / "tiny.yaml"])  # the tiny track
     cfg["seed"] = 0
     cfg["device"] = "cpu"
     cfg["dreambooth"].update(partial_steps=1, full_steps=2, multiview_steps=2, num_class_images=2,
@@ -165,12 +167,16 @@ def test_partial_equal_to_full_writes_both_checkpoints(run_dir):
 
 
 def test_compile_unet_compiles_the_denoiser_after_loading(monkeypatch):
+    from db3d.diffusion.base import DiffusionBackend
+
     cfg = small_config()
     cfg["compile_unet"] = True
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
-    stages._backend(cfg)
-    assert compiled == ["UNet2DConditionModel"]
+    order = []
+    monkeypatch.setattr(DiffusionBackend, "load_finetuned", lambda self, path: order.append("load"))
+    monkeypatch.setattr(DiffusionBackend, "compile_models", lambda self, *a, **k: order.append(k) or [])
+    stages._backend(cfg, Path("ckpt.safetensors"))
+    assert order == ["load", stages.STAGE_COMPILE]
     cfg["compile_unet"] = False
     stages._backend(cfg)
-    assert compiled == ["UNet2DConditionModel"]
+    assert order == ["load", stages.STAGE_COMPILE]
+

@@ -30,20 +30,25 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
 
 
-def test_dry_run_default_builds_every_stage_for_every_variant():
-    res = snakemake("reports/main.pdf", "-n", "--forceall", "--quiet", "rules")
+@pytest.mark.parametrize("track", [None, "config/tiny.yaml"], ids=["synthetic-default", "tiny"])
+def test_dry_run_builds_every_stage_for_every_variant(track):
+    extra = ("--configfile", track) if track else ()
+    res = snakemake("reports/main.pdf", "-n", "--forceall", "--quiet", "rules", *extra)
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
-    cfg = load_config()
-    n_runs = len(wf.subjects(cfg)) * cfg["dataset"]["prompts_per_subject"]
+    cfg = load_config([REPO / "config/config.yaml"] + ([REPO / track] if track else []))
+    subjects, seeds, variants = wf.subjects(cfg), len(cfg["seeds"]), cfg["variants"]
+    n_runs = len(subjects) * cfg["dataset"]["prompts_per_subject"] * seeds
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["dataset"] == len(wf.subjects(cfg))
-    assert counts["dreambooth"] == len(wf.subjects(cfg))
+    synthetic = cfg["dataset"]["kind"] == "synthetic"
+    assert counts["synthetic_subject" if synthetic else "dataset"] == len(subjects)
+    assert counts.get("toy_prior", 0) == (cfg["backend"] == "toy")
+    assert counts["dreambooth"] == len(subjects) * seeds
     for rule in ("nerf_stage1", "pseudo_views", "dreambooth_multiview", "nerf_stage3"):
         assert counts[rule] == n_runs, rule
-    assert counts["nerf_baseline"] == 2 * n_runs  # naive + latent_nerf
-    assert counts["evaluate"] == 4 * n_runs
+    assert counts["nerf_baseline"] == len({"naive", "latent_nerf"} & set(variants)) * n_runs
+    assert counts["evaluate"] == len(variants) * n_runs
     assert counts["report"] == 1
 
 
@@ -130,4 +135,4 @@ def test_config_files_merge_in_order_like_snakemake():
     cfg = load_config([REPO / "config/config.yaml", REPO / "config/paper.yaml"], {"stage1.iters": "7"})
     assert cfg["backend"] == "sd" and cfg["dreambooth"]["full_steps"] == 800
     assert cfg["stage1"]["iters"] == 7
-    assert cfg["sds"]["guidance_scale"] == load_config()["sds"]["guidance_scale"]  # kept from the base
+    assert cfg["sds"]["t_range"] == load_config()["sds"]["t_range"]  # kept from the base

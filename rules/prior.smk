@@ -1,0 +1,21 @@
+# The toy backend's prior (backend: toy): a small text-to-image model trained from scratch on renders
+# of random synthetic objects (db3d.synth.prior). Its checkpoint is versioned with DVC
+# (models/toy.dvc), so `dvc pull models/toy.dvc` fetches it and this rule never runs; every model
+# rule takes it as ancient() input (PRIOR), so a pulled copy re-triggers nothing downstream.
+
+
+rule toy_prior:
+    output:
+        model=f"{config['models']['toy']}/model.safetensors",
+        samples=f"{config['models']['toy']}/samples.png",
+        train_log=f"{config['models']['toy']}/train_log.json",
+    params:
+        cfg=lambda w: wf.rule_config(config, None, wf.TOY_PRIOR_KEYS),
+    log:
+        "logs/toy_prior.log",
+    resources:
+        **GPU,
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m db3d toy-prior --config-json {params.cfg:q} --out $(dirname {output.model}) > {log} 2>&1"
