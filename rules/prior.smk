@@ -11,6 +11,9 @@ rule toy_prior:
         train_log=f"{config['models']['toy']}/train_log.json",
     params:
         cfg=lambda w: wf.rule_config(config, None, wf.TOY_PRIOR_KEYS),
+    # all cores: nothing else can run yet (every model rule waits for it), and torch follows the
+    # OMP_NUM_THREADS Snakemake sets from `threads`
+    threads: workflow.cores
     log:
         "logs/toy_prior.log",
     resources:
