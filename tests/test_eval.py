@@ -258,6 +258,7 @@ def _small_mesh(monkeypatch):
 def _eval_cfg(prompts: Path, subjects: Path) -> dict:
     cfg = yaml.safe_load(Path(DEFAULT_CONFIG_PATH).read_text())
     cfg.update(backend="tiny", device="cpu", seed=0)
+    cfg["models"]["clip"] = ["ViT-B-16", "ViT-B-32", "ViT-L-14"]  # the paper's three, as random stand-ins
     cfg["dataset"].update(prompts_table=str(prompts), subjects_table=str(subjects))
     cfg["eval"].update(num_views=4, resolution=32)
     return cfg
