@@ -12,6 +12,7 @@ import torch
 
 from db3d.bench import COLUMNS, Options, Row, Variant, load_bench_config, parse_variant, project, read_table, run_bench
 from db3d.bench.args import ROW_KEYS, coerce_option, parse_rows
+from db3d.bench.report import projection_lines
 from db3d.config import REPO_ROOT
 
 SMALL = {  # the tiny track (config/tiny.yaml's backend and DreamBooth subject tables), smaller still
@@ -25,7 +26,10 @@ SMALL = {  # the tiny track (config/tiny.yaml's backend and DreamBooth subject t
 }
 BASE_ROWS = {"backend_build", "dreambooth_step", "diffusers_dreambooth_step", "unet_cfg_b1", "sds_step",
              "sds_step_stage3", "img2img_views", "class_prior_batch", "eval_run", "dreambooth_resume_save",
-             "dreambooth_checkpoint_save", "nerf_resume_save"}
+             "dreambooth_checkpoint_save", "nerf_resume_save",
+             # a stage job's start-up: process, model builds, the first calls' warm-up
+             "process_start", "eval_models_build", "dreambooth_step_warmup", "unet_cfg_b1_warmup", "sds_step_warmup",
+             "sds_step_stage3_warmup", "img2img_views_warmup", "class_prior_batch_warmup", "eval_run_warmup"}
 
 
 def small_cfg(**extra: str) -> dict:
@@ -65,9 +69,12 @@ def test_cli_bench_table(cli_run):
     assert not bad, bad
     assert sorted(int(r["res"]) for r in base if r["row"] == "sds_step") == [16, 24]
     for r in rows:
+        assert r["precision"] == "fp32"
+        if r["row"].endswith("_warmup"):  # the warm-up's excess over steady calls: may be 0
+            assert _f(r["ms"]) >= 0 and r["unit"] == "run" and r["iters_per_s"] == "", r
+            continue
         ms, ips = _f(r["ms"]), _f(r["iters_per_s"])
         assert ms > 0 and math.isclose(ips, 1000.0 / ms, rel_tol=1e-3, abs_tol=2e-3), r
-        assert r["precision"] == "fp32"
     by = {(r["variant"], r["row"], r["res"]): r for r in rows}
     assert int(by[("base", "dreambooth_step", "64")]["repeats"]) == 2
     assert int(by[("base", "sds_step", "16")]["repeats"]) == 1
@@ -81,7 +88,7 @@ def test_cli_bench_table(cli_run):
     assert math.isclose(_f(db["ratio"]), _f(db["ms"]) / _f(by[("base", "diffusers_dreambooth_step", "64")]["ms"]),
                         rel_tol=2e-2)
     chl = [r for r in rows if r["variant"] == "chl"]
-    assert {r["row"] for r in chl} == {"dreambooth_step", "unet_cfg_b1"}
+    assert {r["row"] for r in chl} == {"dreambooth_step", "unet_cfg_b1", "dreambooth_step_warmup", "unet_cfg_b1_warmup"}
     assert all("channels_last=1" in r["options"] and "attention=classic" in r["options"] for r in chl)
     assert float(by[("base", "eval_run", "16")]["batch"]) == 2
 
@@ -110,7 +117,7 @@ def test_projection_arithmetic():
             Row.timed("base", "sds_step_stage3", [150.0], res=64), Row.timed("base", "eval_run", [4000.0]),
             Row.timed("bf16", "dreambooth_step", [1.0]),  # another variant: ignored
             Row("base", "sds_step", status="error", res=64, note="x")]  # failed rows: ignored
-    p = project(cfg, rows, db_resume_every=10, nerf_resume_every=25)
+    p = project(cfg, rows, db_resume_every=10, nerf_resume_every=25, startup=False)
     secs = {s["stage"]: s["seconds"] for s in p["stages"]}
     assert secs["class priors"] == pytest.approx(50 * 1.0)
     assert secs["DreamBooth (partial + full)"] == pytest.approx(800 * 0.3 + 79 * 5.0 + 2 * 2.0)
@@ -124,18 +131,42 @@ def test_projection_arithmetic():
     assert p["per_subject_s"] == pytest.approx(689.0)
     assert p["grid"]["seconds"] == pytest.approx(3 * 30 * (689.0 + 4 * 1398.9))
     # a missing row is reported, not guessed
-    p2 = project(cfg, [r for r in rows if r.row != "img2img_views"], db_resume_every=10)
+    p2 = project(cfg, [r for r in rows if r.row != "img2img_views"], db_resume_every=10, startup=False)
     assert not p2["complete"]
     assert [s["missing"] for s in p2["stages"] if s["stage"] == "stage 2 pseudo views"] == [["img2img_views"]]
     assert p2["total_s"] == pytest.approx(2087.9 - 8.0)
     # by default DreamBooth saves its resume state by time (every 600 s of training): none in
     # 800 x 0.3 s = 240 s, one in 800 x 1 s
-    p3 = {s["stage"]: s["seconds"] for s in project(cfg, rows)["stages"]}
+    p3 = {s["stage"]: s["seconds"] for s in project(cfg, rows, startup=False)["stages"]}
     assert p3["DreamBooth (partial + full)"] == pytest.approx(800 * 0.3 + 2 * 2.0)
     slow = [Row.timed("base", "dreambooth_step", [1000.0]) if r.row == "dreambooth_step" and r.variant == "base"
             else r for r in rows]
-    p4 = {s["stage"]: s["seconds"] for s in project(cfg, slow)["stages"]}
+    p4 = {s["stage"]: s["seconds"] for s in project(cfg, slow, startup=False)["stages"]}
     assert p4["DreamBooth (partial + full)"] == pytest.approx(800 * 1.0 + 1 * 5.0 + 2 * 2.0)
+    # with start-up (the default): every job pays process start + model build + its warm-up once;
+    # without those rows the projection says they are missing
+    p5 = project(cfg, rows, db_resume_every=10)
+    assert not p5["complete"] and p5["startup_s"] == 0
+    assert "process_start" in p5["stages"][0]["missing"] and "unet_cfg_b1_warmup" in p5["stages"][2]["missing"]
+    start = [Row.timed("base", "process_start", [5000.0]), Row.timed("base", "backend_build", [4000.0]),
+             Row.timed("base", "eval_models_build", [6000.0]), Row.timed("base", "unet_cfg_b1_warmup", [500.0]),
+             Row.timed("base", "sds_step_warmup", [1000.0], res=64),
+             Row.timed("base", "sds_step_stage3_warmup", [1500.0], res=64),
+             Row.timed("base", "dreambooth_step_warmup", [2000.0]), Row.timed("base", "img2img_views_warmup", [3000.0]),
+             Row.timed("base", "class_prior_batch_warmup", [700.0]), Row.timed("base", "eval_run_warmup", [800.0])]
+    p6 = project(cfg, rows + start, db_resume_every=10)
+    assert p6["complete"] and p6["jobs"] == 7
+    s6 = {s["stage"]: s["startup_s"] for s in p6["stages"]}
+    assert s6 == pytest.approx({"class priors": 9.7, "DreamBooth (partial + full)": 11.0, "stage 1 NeRF": 10.5,
+                                "stage 2 pseudo views": 12.0, "multi-view DreamBooth": 11.0, "stage 3 NeRF": 11.0,
+                                "evaluation": 11.8})
+    assert p6["startup_s"] == pytest.approx(77.0)
+    assert p6["total_s"] == pytest.approx(2087.9 + 77.0)
+    assert p6["per_subject_s"] == pytest.approx(689.0 + 9.7 + 11.0)
+    assert "start-up 10.5 s [process_start (5.0 s), backend_build (4.0 s), unet_cfg_b1_warmup (0.5 s), " \
+           "sds_step_warmup@64 (1.0 s)]" in p6["stages"][2]["formula"]
+    lines = "\n".join(projection_lines(p6))
+    assert "of which job start-up" in lines and "1m17s" in lines and "steady work alone" in lines
 
 
 def test_variant_language():
@@ -184,10 +215,11 @@ def test_failing_row_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
     rows = run_bench(small_cfg(), out, variants=[Variant("base", Options(), rows=("unet", "sds", "sds3"))],
                      repeats=1, warmup=0, sds_block=1, sds_repeats=1)
     got = {(r.row, r.status) for r in rows}
-    assert got == {("unet_cfg_b1", "ok"), ("sds_step", "error"), ("sds_step_stage3", "error")}
+    assert got == {("unet_cfg_b1", "ok"), ("unet_cfg_b1_warmup", "ok"), ("sds_step", "error"),
+                   ("sds_step_stage3", "error")}
     table = read_table(out)
-    assert [r["status"] for r in table] == ["ok", "error", "error"]
-    assert "RuntimeError: boom" in table[1]["note"]
+    assert [r["status"] for r in table] == ["ok", "ok", "error", "error"]
+    assert "RuntimeError: boom" in table[2]["note"]
 
 
 def test_interrupt_and_time_budget_keep_the_table(tmp_path, monkeypatch):
@@ -201,7 +233,7 @@ def test_interrupt_and_time_budget_keep_the_table(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_bench(small_cfg(), out, variants=[Variant("base", Options(), rows=("unet", "sds"))],
                   repeats=1, warmup=0)
-    assert [r["row"] for r in read_table(out)] == ["unet_cfg_b1"]
+    assert [r["row"] for r in read_table(out)] == ["unet_cfg_b1", "unet_cfg_b1_warmup"]
     assert "status: interrupted" in out.with_suffix(".md").read_text()
 
     out2 = tmp_path / "budget.tsv"
@@ -425,13 +457,20 @@ def test_stages_compile_what_the_bench_base_runs(monkeypatch):
                                                                  stages.STAGE_COMPILE["cudagraphs"],
                                                                  stages.STAGE_COMPILE["vae_encoder"])
     off = variants_from_args(parse("--compile", "0"), config_options(cfg, stages.STAGE_COMPILE))[0].options
-    assert (off.compile, off.cudagraphs, off.compile_vae, off.deterministic) == ("", False, False, False)
+    assert (off.compile, off.cudagraphs, off.compile_vae, off.deterministic) == ("", "", False, False)
     plain = variants_from_args(parse(), config_options(small_cfg(), stages.STAGE_COMPILE))[0].options
     assert plain == Options(deterministic=small_cfg()["deterministic"])
     v = parse_variant("cg compile=1 cudagraphs=1 compile_vae=1", plain, ROW_KEYS).options
-    assert v.cudagraphs and v.compile_vae and "cudagraphs=1 compile_vae=1" in v.describe()
+    assert v.cudagraphs == "direct" and v.compile_vae and "cudagraphs=direct compile_vae=1" in v.describe()
+    assert parse_variant("ro cudagraphs=compile", plain, ROW_KEYS).options.cudagraphs == "compile"
+    assert parse_variant("ro cudagraphs=reduce-overhead", plain, ROW_KEYS).options.cudagraphs == "compile"
+    with pytest.raises(ValueError):
+        parse_variant("x cudagraphs=maybe", plain, ROW_KEYS)
+    assert base.cudagraphs == "direct"  # what compile_unet: true does
+    ro = variants_from_args(parse("--cudagraphs", "compile"), config_options(cfg, stages.STAGE_COMPILE))[0].options
+    assert ro.cudagraphs == "compile"
     eager = parse_variant("eager compile=0", base, ROW_KEYS).options  # nothing compiled
-    assert (eager.compile, eager.cudagraphs, eager.compile_vae, eager.deterministic) == ("", False, False, False)
+    assert (eager.compile, eager.cudagraphs, eager.compile_vae, eager.deterministic) == ("", "", False, False)
 
 
 def test_stagecheck_summary_and_compare():

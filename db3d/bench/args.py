@@ -20,8 +20,9 @@ from typing import Any, Sequence
 # Row keys in execution order. db/ref run before the inference rows so that, with LoRA, the SDS and
 # img2img rows run through the adapted UNet as the pipeline's later stages do; the (slow, disk-bound)
 # saves run last.
-ROW_KEYS = ("build", "db", "ref", "unet", "sds", "sds_res", "sds3", "img2img", "priors", "eval", "save")
+ROW_KEYS = ("start", "build", "db", "ref", "unet", "sds", "sds_res", "sds3", "img2img", "priors", "eval", "save")
 ROW_HELP = {
+    "start": "a stage job's process start: fresh python, imports, CUDA context",
     "build": "backend construction (random weights: not a load time)",
     "db": "our DreamBooth step (dreambooth.train's loop body)",
     "ref": "diffusers' train_dreambooth.py step on the same model and batch",
@@ -37,6 +38,7 @@ ROW_HELP = {
 OCCGRID = ("on", "off", "dense")
 ATTENTION = ("default", "classic")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+CUDAGRAPHS = ("", "direct", "compile")
 PRECISIONS = ("", "fp32", "fp16", "bf16")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -50,9 +52,11 @@ class Options:
     channels_last: bool = False     # UNet + VAE in channels_last memory format
     attention: str = "default"      # default (diffusers' choice: SDPA processors) | classic (AttnProcessor)
     compile: str = ""               # "" off | default | reduce-overhead (CUDA graphs) | max-autotune: the UNet
-    cudagraphs: bool = False        # UNet calls without autograd (SDS, sampling) as CUDA graphs (reduce-overhead)
+    cudagraphs: str = ""            # UNet calls without autograd (SDS, sampling) as CUDA graphs: "" off |
+                                    # direct (torch.cuda.CUDAGraph) | compile (torch.compile reduce-overhead)
     compile_vae: bool = False       # torch.compile the VAE encoder (SDS encodes every render through it)
     tf32: bool = False              # torch.backends.cuda.matmul.allow_tf32 (cuDNN keeps torch's default)
+    cudnn_benchmark: bool = False   # torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per shape
     occgrid: str = "on"             # on (fit_nerf: nerfacc grid skipping) | off (marching, no skipping) | dense
     deterministic: bool = True      # torch.use_deterministic_algorithms as every stage sets it
     grad_ckpt: bool = False         # UNet gradient checkpointing in DreamBooth
@@ -91,8 +95,14 @@ def coerce_option(key: str, value: str) -> Any:
     names = {f.name for f in fields(Options)}
     if key not in names:
         raise ValueError(f"unknown option {key!r}; known: {', '.join(sorted(names))}, rows")
-    if key in ("channels_last", "tf32", "deterministic", "grad_ckpt", "cudagraphs", "compile_vae"):
+    if key in ("channels_last", "tf32", "deterministic", "grad_ckpt", "compile_vae", "cudnn_benchmark"):
         return _parse_bool(key, value)
+    if key == "cudagraphs":  # 1 = direct (what compile_unet does), compile = torch.compile reduce-overhead
+        v = value.strip().lower()
+        v = "direct" if v in _TRUE else ("" if v in _FALSE else ("compile" if v == "reduce-overhead" else v))
+        if v not in CUDAGRAPHS:
+            raise ValueError(f"cudagraphs={value!r}: expected 0, 1 (= direct), direct or compile")
+        return v
     if key == "train_text_encoder":
         return _parse_bool(key, value)
     if key == "lora_rank":
@@ -155,7 +165,7 @@ def parse_variant(spec: str, base: Options, default_rows: Sequence[str]) -> Vari
         else:
             changes[key] = coerce_option(key, value)
     if changes.get("compile", None) == "":  # compile=0: nothing compiled (unless the variant says so)
-        changes.setdefault("cudagraphs", False)
+        changes.setdefault("cudagraphs", "")
         changes.setdefault("compile_vae", False)
     if not name.replace("_", "").replace("-", "").replace("+", "").replace("=", "").replace(".", "").isalnum():
         raise ValueError(f"variant name {name!r}: use letters, digits, _ - . only")
@@ -169,7 +179,8 @@ def config_options(cfg: dict, stage_compile: dict | None = None) -> dict[str, An
     out: dict[str, Any] = {"deterministic": bool(cfg.get("deterministic", True))}
     if cfg.get("compile_unet") and stage_compile:
         out.update(compile=coerce_option("compile", stage_compile.get("unet_mode") or "0"),
-                   cudagraphs=bool(stage_compile.get("cudagraphs")), compile_vae=bool(stage_compile.get("vae_encoder")))
+                   cudagraphs=coerce_option("cudagraphs", str(stage_compile.get("cudagraphs") or "0")),
+                   compile_vae=bool(stage_compile.get("vae_encoder")))
     return out
 
 
@@ -188,9 +199,9 @@ def base_options(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
     if getattr(args, "compile", None) is not None:
         changes["compile"] = coerce_option("compile", args.compile)
         if not changes["compile"]:  # --compile 0: nothing compiled
-            changes.update(cudagraphs=False, compile_vae=False)
-    if getattr(args, "cudagraphs", False):
-        changes["cudagraphs"] = True
+            changes.update(cudagraphs="", compile_vae=False)
+    if getattr(args, "cudagraphs", None):
+        changes["cudagraphs"] = coerce_option("cudagraphs", str(args.cudagraphs))
     if getattr(args, "compile_vae", False):
         changes["compile_vae"] = True
     return replace(base, **changes)
@@ -244,8 +255,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--compile", nargs="?", const="default", default=None,
                    help="torch.compile the UNet (optional mode: default, reduce-overhead, max-autotune; 0: "
                         "nothing compiled; default: as the config's compile_unet says)")
-    g.add_argument("--cudagraphs", action="store_true",
-                   help="UNet calls without autograd (SDS, sampling) through CUDA graphs (reduce-overhead)")
+    g.add_argument("--cudagraphs", nargs="?", const="direct", default=None, choices=("direct", "compile"),
+                   help="UNet calls without autograd (SDS, sampling) as CUDA graphs: direct (torch.cuda.CUDAGraph, "
+                        "the default) or compile (torch.compile reduce-overhead)")
     g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder")
     g.add_argument("--tf32", action="store_true", help="torch.backends.cuda.matmul.allow_tf32 = True")
     g.add_argument("--occgrid", choices=OCCGRID, default="on",

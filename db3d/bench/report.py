@@ -108,14 +108,17 @@ def _lookup(rows: Iterable[Row], variant: str, row: str, res: int | None = None)
 
 
 def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_every: int | None = None,
-            nerf_resume_every: int = 25, db_resume_every_s: float = 600.0) -> dict:
+            nerf_resume_every: int = 25, db_resume_every_s: float = 600.0, startup: bool = True) -> dict:
     """Projected wall time of one subject and one prompt through the method at the config's counts.
 
     Returns {"stages": [{stage, formula, seconds, missing}], "total_s", "complete",
     "per_subject_s" (priors + DreamBooth), "per_prompt_s" (the rest), "grid": {...}}.
     Terms whose row is missing are left out of the sums and listed in `missing`.
-    Not included: process start and model loading per stage job, the turntables the stages
-    write, the baselines (naive, latent_nerf).
+    With `startup` (default) every stage job also pays its start-up once: `process_start`, the model
+    build (`backend_build`; `eval_models_build` for the evaluation; random init standing in for the
+    load from disk) and the warm-up of its first calls (the `*_warmup` rows: compilation or CUDA-graph
+    capture and first-call set-up); each stage's `startup_s` and the total's `startup_s` say how much.
+    Not included: the turntables the stages write, the baselines (naive, latent_nerf).
     """
     db, res = cfg["dreambooth"], int(cfg["nerf"]["render_resolution"])
     s1, s3 = int(cfg["stage1"]["iters"]), int(cfg["stage3"]["iters"])
@@ -124,6 +127,13 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
 
     def term(name: str, count: float, row: str, r: int | None = None) -> tuple[str, float, float | None, str]:
         return (name, count, _lookup(rows, variant, row, r), row if r is None else f"{row}@{r}")
+
+    def job(*warmups: tuple[str, int | None], build: str = "backend_build") -> list:
+        """One stage job's start-up terms (name "startup"): process, model build, first calls."""
+        if not startup:
+            return []
+        return ([term("startup", 1, "process_start"), term("startup", 1, build)]
+                + [term("startup", 1, row, r) for row, r in warmups])
 
     def resumes(steps: int, every: int) -> int:
         return max(steps - 1, 0) // max(every, 1)
@@ -136,25 +146,28 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
         return int(steps * step_ms / 1000.0 // db_resume_every_s) if step_ms else 0
 
     plan = [
-        ("class priors", [term("batches", math.ceil(n_cls / PRIOR_BATCH), "class_prior_batch")]),
-        ("DreamBooth (partial + full)", [
+        ("class priors", job(("class_prior_batch_warmup", None)) + [
+            term("batches", math.ceil(n_cls / PRIOR_BATCH), "class_prior_batch")]),
+        ("DreamBooth (partial + full)", job(("dreambooth_step_warmup", None)) + [
             term("steps", full, "dreambooth_step"),
             term("resume saves", db_resumes(full), "dreambooth_resume_save"),
             term("checkpoints", len({int(db["partial_steps"]), full}), "dreambooth_checkpoint_save")]),
-        ("stage 1 NeRF", [term("iters", s1, "sds_step", res),
-                          term("resume saves", resumes(s1, nerf_resume_every), "nerf_resume_save")]),
-        ("stage 2 pseudo views", [term("runs", 1, "img2img_views")]),
-        ("multi-view DreamBooth", [
+        ("stage 1 NeRF", job(("unet_cfg_b1_warmup", None), ("sds_step_warmup", res)) + [
+            term("iters", s1, "sds_step", res),
+            term("resume saves", resumes(s1, nerf_resume_every), "nerf_resume_save")]),
+        ("stage 2 pseudo views", job(("img2img_views_warmup", None)) + [term("runs", 1, "img2img_views")]),
+        ("multi-view DreamBooth", job(("dreambooth_step_warmup", None)) + [
             term("steps", mv, "dreambooth_step"),
             term("resume saves", db_resumes(mv), "dreambooth_resume_save"),
             term("checkpoints", 1, "dreambooth_checkpoint_save")]),
-        ("stage 3 NeRF", [term("iters", s3, "sds_step_stage3", res),
-                          term("resume saves", resumes(s3, nerf_resume_every), "nerf_resume_save")]),
-        ("evaluation", [term("runs", 1, "eval_run")]),
+        ("stage 3 NeRF", job(("unet_cfg_b1_warmup", None), ("sds_step_stage3_warmup", res)) + [
+            term("iters", s3, "sds_step_stage3", res),
+            term("resume saves", resumes(s3, nerf_resume_every), "nerf_resume_save")]),
+        ("evaluation", job(("eval_run_warmup", None), build="eval_models_build") + [term("runs", 1, "eval_run")]),
     ]
     stages = []
     for stage, terms in plan:
-        seconds, parts, missing = 0.0, [], []
+        seconds, start_s, parts, start_parts, missing = 0.0, 0.0, [], [], []
         for name, count, ms, label in terms:
             if count == 0:
                 continue
@@ -162,10 +175,18 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
                 missing.append(label)
                 continue
             seconds += count * ms / 1000.0
-            parts.append(f"{_num(count, 0) if isinstance(count, int) else count} x {label} ({ms:.1f} ms)")
-        stages.append({"stage": stage, "formula": " + ".join(parts) or "-", "seconds": seconds,
+            if name == "startup":
+                start_s += ms / 1000.0
+                start_parts.append(f"{label} ({ms / 1000.0:.1f} s)")
+            else:
+                parts.append(f"{_num(count, 0) if isinstance(count, int) else count} x {label} ({ms:.1f} ms)")
+        formula = " + ".join(parts) or "-"
+        if start_parts:
+            formula += f" + start-up {start_s:.1f} s [{', '.join(start_parts)}]"
+        stages.append({"stage": stage, "formula": formula, "seconds": seconds, "startup_s": start_s,
                        "missing": missing})
     total = sum(s["seconds"] for s in stages)
+    startup_total = sum(s["startup_s"] for s in stages)
     per_subject = sum(s["seconds"] for s in stages[:2])
     subjects = cfg["dataset"]["subjects"]
     n_subjects = 30 if subjects == "all" else len(subjects)
@@ -174,6 +195,7 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
     per_prompt = total - per_subject
     grid = n_seeds * n_subjects * (per_subject + n_prompts * per_prompt)
     return {"stages": stages, "total_s": total, "complete": not any(s["missing"] for s in stages),
+            "startup_s": startup_total, "startup": startup, "jobs": len(stages),
             "per_subject_s": per_subject, "per_prompt_s": per_prompt,
             "grid": {"subjects": n_subjects, "prompts_per_subject": n_prompts, "seeds": n_seeds, "seconds": grid}}
 
@@ -192,6 +214,11 @@ def projection_lines(proj: dict) -> list[str]:
         out.append(f"  {s['stage']:<28} {_hms(s['seconds']):>10}   {s['formula']}{miss}")
     flag = "" if proj["complete"] else "  (incomplete: some rows missing)"
     out.append(f"  {'one subject, one prompt':<28} {_hms(proj['total_s']):>10}{flag}")
+    if proj.get("startup"):
+        st = proj.get("startup_s", 0.0)
+        out.append(f"  {'  of which job start-up':<28} {_hms(st):>10}   {proj.get('jobs', 0)} jobs: process start, "
+                   f"model build (random init for the load), first-call warm-up (compile / CUDA-graph capture)")
+        out.append(f"  {'  steady work alone':<28} {_hms(proj['total_s'] - st):>10}")
     g = proj["grid"]
     out.append(f"  {'each further prompt':<28} {_hms(proj['per_prompt_s']):>10}")
     out.append(f"  {'grid':<28} {_hms(g['seconds']):>10}   {g['subjects']} subjects x {g['prompts_per_subject']} "

@@ -221,6 +221,9 @@ def applied(backend, opts: Options, device) -> Any:
                     warnings.simplefilter("ignore")
                     torch.backends.cuda.matmul.allow_tf32 = v
             stack.callback(_restore_tf32)
+            prev_bench = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = bool(opts.cudnn_benchmark)
+            stack.callback(setattr, torch.backends.cudnn, "benchmark", prev_bench)
             if opts.memlimit > 0:
                 index = cuda_index(device)
                 torch.cuda.empty_cache()
@@ -230,8 +233,8 @@ def applied(backend, opts: Options, device) -> Any:
                 stack.callback(torch.cuda.set_per_process_memory_fraction, 1.0, index)
                 notes.append(f"allocator capped at {frac * total / 2**30:.2f} GiB "
                              f"({opts.memlimit:g} GiB card less {CONTEXT_GIB} GiB context)")
-        elif opts.memlimit > 0 or opts.tf32:
-            notes.append("memlimit/tf32 have no effect on CPU")
+        elif opts.memlimit > 0 or opts.tf32 or opts.cudnn_benchmark:
+            notes.append("memlimit/tf32/cudnn_benchmark have no effect on CPU")
         modules = [m for m in (backend.unet, backend.vae) if m is not None]
         if opts.channels_last:
             for m in modules:
@@ -250,7 +253,7 @@ def applied(backend, opts: Options, device) -> Any:
             stack.callback(backend.gradient_checkpointing, False)
         if compiles(opts):
             # what stages._backend does for compile_unet (DiffusionBackend.compile_models)
-            notes += backend.compile_models(opts.compile or None, cudagraphs=opts.cudagraphs,
+            notes += backend.compile_models(opts.compile or None, cudagraphs=opts.cudagraphs or False,
                                             vae_encoder=opts.compile_vae)
 
             def _uncompile():
@@ -263,6 +266,16 @@ def applied(backend, opts: Options, device) -> Any:
 
 def compiles(opts: Options) -> bool:
     return bool(opts.compile or opts.cudagraphs or opts.compile_vae)
+
+
+def compiled_what(opts: Options) -> str:
+    """What a variant's warm-up pays for: torch.compile and/or direct CUDA-graph capture."""
+    parts = []
+    if opts.compile or opts.compile_vae or opts.cudagraphs == "compile":
+        parts.append("compile")
+    if opts.cudagraphs == "direct":
+        parts.append("CUDA-graph capture")
+    return " + ".join(parts)
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -294,7 +307,10 @@ class Bench:
         self.backend = None
         self.backend_key: tuple | None = None
         self.compiled = False  # the running variant compiles something (more warm-up, noted per row)
+        self.compiled_what = ""  # "compile" / "CUDA-graph capture" / both, for the notes
+        self.train_compiled = False  # the UNet's calls with autograd are compiled too
         self.last_warmup_s = 0.0
+        self.last_warmup_n = 0
         self.t0 = time.monotonic()
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -397,6 +413,8 @@ class Bench:
             times = res.pop("times")
             kw = {**fixed, **res}
             row = Row.timed(variant.name, name, times, **kw)
+            if name.endswith("_warmup"):  # a one-off cost, not a rate
+                row.iters_per_s = None
             row.peak_alloc_gib, row.peak_reserved_gib = alloc, reserved
             self._record(row, variant, precision)
 
@@ -414,12 +432,55 @@ class Bench:
             fn()
         self.timer.sync()
         self.last_warmup_s = time.perf_counter() - t0
+        self.last_warmup_n = n
         measure = self.timer.wall_ms if wall else self.timer.events_ms
         return [measure(fn) for _ in range(self.repeats if repeats is None else repeats)]
 
-    def _warmup_note(self) -> str:
+    def _warmup_what(self, train: bool = False) -> str:
+        """What a row's warm-up pays for. Training calls run with autograd: CUDA graphs (direct or
+        through torch.compile) never cover them, only `compile` (the UNet for every call) does."""
+        if train:
+            return "compile" if self.train_compiled else "eager: training is not captured"
+        return self.compiled_what if self.compiled else "eager"
+
+    def _warmup_note(self, train: bool = False) -> str:
         """`; warm-up N s (compile)` for compiled variants: the one-off cost a stage job pays too."""
-        return f"; warm-up {self.last_warmup_s:.1f} s (compile)" if self.compiled else ""
+        return f"; warm-up {self.last_warmup_s:.1f} s ({self._warmup_what(train)})" if self.compiled else ""
+
+    def _warmup_row(self, row: str, n_calls: int, steady_ms: float | None, train: bool = False, **kw) -> dict:
+        """`<row>_warmup`: what the warm-up calls before the timing took beyond `n_calls` x the
+        steady time (compilation / CUDA-graph capture and first-call set-up: the one-off cost a
+        stage job pays on its first calls); with `steady_ms` None, the warm-up's whole wall time."""
+        wall = self.last_warmup_s * 1e3
+        excess = wall if steady_ms is None else max(wall - n_calls * steady_ms, 0.0)
+        what = (f"wall of the warm-up run ({n_calls} calls), an upper bound of its one-off cost" if steady_ms is None
+                else f"{n_calls} warm-up calls took {wall / 1e3:.2f} s, {excess / 1e3:.2f} s more than {n_calls} "
+                     f"steady ones")
+        graphs = getattr(self.backend, "graph_stats", lambda: None)()
+        return dict(row=f"{row}_warmup", times=[excess], unit="run",
+                    note=what + f" ({self._warmup_what(train)})"
+                         + (f"; CUDA graphs so far: {graphs}" if graphs and not train else ""), **kw)
+
+    def _median(self, times: Sequence[float]) -> float:
+        ts = sorted(times)
+        return ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+
+    def row_start(self, cfg: dict) -> dict:
+        """A stage job's process start: a fresh interpreter importing what `python -m db3d` and the
+        stages import, and creating the CUDA context (wall clock, like a job's start)."""
+        code = ("import torch, diffusers, transformers; import db3d.cli, db3d.stages, db3d.diffusion, db3d.nerf, "
+                "db3d.dreambooth, db3d.guidance\n"
+                "if torch.cuda.is_available() and %r != 'cpu': torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+                % str(self.device.type))
+        from ..config import REPO_ROOT
+
+        def start():
+            subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
+        # this process imported the same files: they are in the page cache, as for every job but a machine's first
+        times = [self.timer.wall_ms(start) for _ in range(self.long_repeats)]
+        return dict(row="process_start", times=times, unit="run",
+                    note="fresh python: import torch, diffusers, transformers, db3d's stage modules + CUDA context "
+                         "(files in the page cache)")
 
     def row_unet(self, cfg: dict) -> dict:
         torch, b = self.torch, self.backend
@@ -433,9 +494,11 @@ class Bench:
             with torch.no_grad():
                 b.predict_noise(x, 500, cond, uncond, g)
         times = self._repeat(call)
-        return dict(times=times, res=b.latent_size, batch=1,
-                    note=f"CFG in one UNet call of batch 2, {b.model_channels}x{b.latent_size}x{b.latent_size} input"
-                         + self._warmup_note())
+        n = self.last_warmup_n
+        return [dict(times=times, res=b.latent_size, batch=1,
+                     note=f"CFG in one UNet call of batch 2, {b.model_channels}x{b.latent_size}x{b.latent_size} input"
+                          + self._warmup_note()),
+                self._warmup_row("unet_cfg_b1", n, self._median(times), res=b.latent_size, batch=1)]
 
     def row_sds(self, cfg: dict, stage: str, res: int, occgrid: str) -> dict:
         from .workloads import STEADY_STATE_STEP, NerfRun
@@ -462,9 +525,10 @@ class Bench:
                 f"{cfg['nerf']['num_samples']} samples/ray max, guidance {cfg['sds']['guidance_scale']:g}"
                 + (f", {nan} non-finite SDS grads" if nan else "")
                 + (", + reconstruction render" if stage == "stage3" else "")
-                + (f"; warm-up block {self.last_warmup_s:.1f} s (compile)" if self.compiled else ""))
-        return dict(row="sds_step" if stage == "stage1" else "sds_step_stage3", times=times, res=res, batch=1,
-                    note=note)
+                + (f"; warm-up block {self.last_warmup_s:.1f} s ({self.compiled_what})" if self.compiled else ""))
+        name = "sds_step" if stage == "stage1" else "sds_step_stage3"
+        return [dict(row=name, times=times, res=res, batch=1, note=note),
+                self._warmup_row(name, block, self._median(times), res=res, batch=1)]
 
     def row_db(self, cfg: dict) -> dict:
         from .workloads import DreamBoothRun
@@ -477,11 +541,13 @@ class Bench:
             steps = itertools.count(1)
             times = self._repeat(lambda: run.step(next(steps)))
             last = run.records[-1]["loss"]
-            return dict(times=times, res=self.backend.image_size, batch=2 * int(db["batch_size"]),
-                        note=f"{run.trained_parameters / 1e6:.1f} M trained params"
-                             f"{' (LoRA r=' + str(db['lora_rank']) + ')' if db['lora_rank'] else ''}"
-                             f"{' + text encoder' if db['train_text_encoder'] else ''}, loss {last:.4f}"
-                             + self._warmup_note())
+            return [dict(times=times, res=self.backend.image_size, batch=2 * int(db["batch_size"]),
+                         note=f"{run.trained_parameters / 1e6:.1f} M trained params"
+                              f"{' (LoRA r=' + str(db['lora_rank']) + ')' if db['lora_rank'] else ''}"
+                              f"{' + text encoder' if db['train_text_encoder'] else ''}, loss {last:.4f}"
+                              + self._warmup_note(train=True)),
+                    self._warmup_row("dreambooth_step", self.last_warmup_n, self._median(times), train=True,
+                                     res=self.backend.image_size, batch=2 * int(db["batch_size"]))]
         finally:
             del run
             _release_training(self.backend)
@@ -561,36 +627,48 @@ class Bench:
         s2 = cfg["stage2"]
         run = Img2ImgRun(cfg, self.backend, self.scratch / "stage2")
         # warm-up (compiled: 3 UNet calls at noise 0.5, so the CUDA graph is recorded before the timing)
-        run.run(num_steps=6 if self.compiled else 2, num_views=min(int(s2["batch_size"]), int(s2["num_views"])))
+        warm_steps = 6 if self.compiled else 2
+        self.last_warmup_s = self.timer.wall_ms(
+            lambda: run.run(num_steps=warm_steps, num_views=min(int(s2["batch_size"]), int(s2["num_views"])))) / 1e3
         times = [self.timer.wall_ms(run.run) for _ in range(self.long_repeats)]
         n_run = min(int(s2["sample_steps"] * s2["noise_level"]), int(s2["sample_steps"]))
-        return dict(row="img2img_views", times=times, unit="run", res=self.backend.image_size, batch=int(s2["num_views"]),
-                    note=f"{s2['num_views']} views in batches of {s2['batch_size']}, {n_run} of {s2['sample_steps']} "
-                         f"DDIM steps (noise {s2['noise_level']}), CFG {s2['guidance_scale']}, render at "
-                         f"{cfg['nerf']['render_resolution']}")
+        return [dict(row="img2img_views", times=times, unit="run", res=self.backend.image_size,
+                     batch=int(s2["num_views"]),
+                     note=f"{s2['num_views']} views in batches of {s2['batch_size']}, {n_run} of {s2['sample_steps']} "
+                          f"DDIM steps (noise {s2['noise_level']}), CFG {s2['guidance_scale']}, render at "
+                          f"{cfg['nerf']['render_resolution']}"),
+                self._warmup_row("img2img_views", max(int(warm_steps * s2["noise_level"]), 1), None,
+                                 res=self.backend.image_size, batch=min(int(s2["batch_size"]), int(s2["num_views"])))]
 
     def row_priors(self, cfg: dict) -> dict:
         from .workloads import PRIOR_BATCH, class_prior_batch
 
         out = self.scratch / "priors"
-        class_prior_batch(cfg, self.backend, out, num_steps=2)  # warm-up
+        self.last_warmup_s = self.timer.wall_ms(lambda: class_prior_batch(cfg, self.backend, out, num_steps=2)) / 1e3
         times = [self.timer.wall_ms(lambda: class_prior_batch(cfg, self.backend, out))
                  for _ in range(self.long_repeats)]
-        return dict(row="class_prior_batch", times=times, unit="batch", res=self.backend.image_size,
-                    batch=PRIOR_BATCH, note=f"{PRIOR_BATCH} images x {cfg['dreambooth']['class_sample_steps']} DDIM steps, CFG 7.5")
+        return [dict(row="class_prior_batch", times=times, unit="batch", res=self.backend.image_size,
+                     batch=PRIOR_BATCH,
+                     note=f"{PRIOR_BATCH} images x {cfg['dreambooth']['class_sample_steps']} DDIM steps, CFG 7.5"),
+                self._warmup_row("class_prior_batch", 2, None, res=self.backend.image_size, batch=PRIOR_BATCH)]
 
     def row_eval(self, cfg: dict) -> dict:
         from .workloads import EvalRun
 
         run = EvalRun(cfg, self.device, self.scratch / "eval")
-        run.run()  # warm-up
+        self.last_warmup_s = self.timer.wall_ms(run.run) / 1e3  # warm-up
         times = [self.timer.wall_ms(run.run) for _ in range(self.long_repeats)]
         ev = cfg["eval"]
         labels = ", ".join(c.label for c in run.clips)
-        return dict(row="eval_run", times=times, unit="run", res=int(ev["resolution"]), batch=int(ev["num_views"]),
-                    note=f"{ev['num_views']} views at {ev['resolution']}, CLIPs {labels} (built in {run.build_s:.1f} s, "
-                         f"not timed), pool of {len(run.texts['pool'])}, GIF + contact sheet; not included: DINO, "
-                         f"CLIP-I, Janus, mesh (evaluate logs their times in eval_info.json)")
+        return [dict(row="eval_run", times=times, unit="run", res=int(ev["resolution"]), batch=int(ev["num_views"]),
+                     note=f"{ev['num_views']} views at {ev['resolution']}, CLIPs {labels} (built in "
+                          f"{run.build_s:.1f} s: row eval_models_build), pool of {len(run.texts['pool'])}, GIF + "
+                          f"contact sheet; not included: DINO, CLIP-I, Janus, mesh (evaluate logs their times in "
+                          f"eval_info.json)"),
+                dict(row="eval_models_build", times=[run.build_s * 1e3], unit="run",
+                     note=f"building {labels} (random weights: stands in for loading them)"),
+                self._warmup_row("eval_run", 1, self._median(times), res=int(ev["resolution"]),
+                                 batch=int(ev["num_views"]))]
 
     # -- main loop ----------------------------------------------------------------------------------
     def _variant(self, variant: Variant) -> None:
@@ -622,12 +700,16 @@ class Bench:
                          variant, prec)
         occ = variant.options.occgrid
         self.compiled = compiles(variant.options)
+        self.compiled_what = compiled_what(variant.options)
+        self.train_compiled = bool(variant.options.compile or variant.options.compile_vae)
         try:
             with applied(b, variant.options, self.device) as notes:
                 self.notes.append(f"variant `{variant.name}`: " + "; ".join(notes))
                 plan: list[tuple[str, str, Callable[[], Any], dict]] = []
                 for key in variant.rows:
-                    if key == "db":
+                    if key == "start":
+                        plan.append((key, "process_start", lambda: self.row_start(cfg), {}))
+                    elif key == "db":
                         plan.append((key, "dreambooth_step", lambda: self.row_db(cfg), {}))
                     elif key == "ref":
                         plan.append((key, "diffusers_dreambooth_step", lambda: self.row_ref(cfg), {}))
@@ -778,8 +860,10 @@ def _static_notes(cfg: dict, device) -> list[str]:
                  "resident model included); on CPU the process's peak RSS so far")
     notes.append(f"fits_24gib: peak reserved + {CONTEXT_GIB} GiB (CUDA context) <= 24 GiB; the authoritative check is "
                  "a variant with memlimit=24, which caps the allocator so that an overflow is an OOM row")
-    notes.append("projection: rows of variant base x the config's counts; excludes process start and model loading of "
-                 "each stage job, the stage turntables and the baselines (naive, latent_nerf)")
+    notes.append("projection: rows of variant base x the config's counts, plus each stage job's start-up once "
+                 "(process_start, the model build: backend_build / eval_models_build, random init standing in for the "
+                 "load from disk, and the *_warmup rows: compilation or CUDA-graph capture and first-call set-up); "
+                 "excludes the stage turntables and the baselines (naive, latent_nerf)")
     if device.type != "cuda":
         notes.append("CPU run: no occupancy grid (nerfacc's CUDA ops), compute in fp32")
     return notes

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--stage", default="stage1", choices=["stage1", "naive"])
     p.add_argument("--label", default=None)
+    p.add_argument("--cudagraphs", default=None, choices=["direct", "compile"],
+                   help="with compile_unet: true, how the UNet's calls without autograd become CUDA graphs "
+                        "(default: stages.STAGE_COMPILE's, direct)")
     p.add_argument("--out", default=None, help="JSON summary to write")
     p.add_argument("--compare", nargs=2, metavar="JSON", help="compare two summaries (eager first) and exit")
     args = p.parse_args(argv)
@@ -146,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = load_bench_config(args.config, overrides)
+    if args.cudagraphs:
+        from .. import stages
+
+        stages.STAGE_COMPILE = dict(stages.STAGE_COMPILE, cudagraphs=args.cudagraphs)
     summary = run_stage(cfg, args.stage)
+    if cfg.get("compile_unet"):
+        from .. import stages
+
+        summary["cudagraphs"] = stages.STAGE_COMPILE["cudagraphs"]
     summary["label"] = args.label or ("compiled" if cfg.get("compile_unet") else "eager")
     short = {k: v for k, v in summary.items() if k not in ("sds", "loss", "t", "shading")}
     print(json.dumps(short, indent=1))

@@ -32,6 +32,23 @@ VIEW_DIRECTIONS = ("front", "side", "back", "overhead")
 _FORMAT = "db3d-finetuned-v1"
 
 
+def cudagraph_mode(value: bool | str | None) -> str:
+    """`compile_models`' `cudagraphs` as "" (off), "direct" (torch.cuda.CUDAGraph) or "compile"
+    (torch.compile reduce-overhead); True means "direct"."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return "direct"
+    v = str(value).strip().lower()
+    if v in ("", "0", "false", "no", "off"):
+        return ""
+    if v in ("1", "true", "yes", "on", "direct"):
+        return "direct"
+    if v in ("compile", "reduce-overhead"):
+        return "compile"
+    raise ValueError(f"cudagraphs={value!r}: expected off, direct or compile")
+
+
 class DiffusionBackend(nn.Module):
     """A text-conditioned epsilon-prediction diffusion model (latent or pixel space).
 
@@ -177,20 +194,26 @@ class DiffusionBackend(nn.Module):
         with self._autocast():
             out = unet(x, t, encoder_hidden_states=context).sample
         # a CUDA graph's output lives in its static pool and is overwritten by the next replay: copy
-        # what a compiled UNet returns (2 x 4 x 64 x 64 values for SD's SDS call)
-        return out[:, : self.model_channels].to(torch.float32, copy=unet is not self.unet)
+        # what a compiled UNet returns (2 x 4 x 64 x 64 values for SD's SDS call); the directly
+        # captured graphs (graphs.CUDAGraphed) return copies already
+        copy = unet is not self.unet and not getattr(unet, "copies_out", False)
+        return out[:, : self.model_channels].to(torch.float32, copy=copy)
 
-    def compile_models(self, unet_mode: str | None = "default", *, cudagraphs: bool = False,
+    def compile_models(self, unet_mode: str | None = "default", *, cudagraphs: bool | str = False,
                        vae_encoder: bool = False, backend: str = "inductor") -> list[str]:
-        """`torch.compile` the diffusion model's hot paths; what they compute does not change
-        (fused kernels round differently, as any kernel choice does). Compilation is lazy: the
-        first call of each shape / grad mode pays it. Returns notes saying what was compiled.
+        """`torch.compile` the diffusion model's hot paths and/or run the UNet's calls without
+        autograd as CUDA graphs; what they compute does not change (fused kernels round
+        differently, as any kernel choice does; CUDA graphs replay the eager kernels). Both are
+        lazy: the first call of each shape / grad mode pays. Returns notes saying what was done.
 
         - `unet_mode` (default | reduce-overhead | max-autotune | None): the UNet, for every call
           (None: eager, except what `cudagraphs` covers);
-        - `cudagraphs`: calls made without autograd (SDS guidance, DDIM sampling) go through a
-          second compilation with CUDA graphs (mode reduce-overhead), so the UNet's ~1000 kernel
-          launches are replayed as one graph; training keeps `unet_mode` (CUDA only);
+        - `cudagraphs`: calls made without autograd (SDS guidance, DDIM sampling) are replayed from
+          CUDA graphs, so the UNet's ~1000 kernel launches become one graph launch; training keeps
+          `unet_mode` (CUDA only). `"direct"` (or True): captured with `torch.cuda.CUDAGraph` per
+          input shape (`graphs.CUDAGraphed`: eager kernels, no tracing, capture in well under a
+          second); `"compile"`: a second torch.compile with mode reduce-overhead (inductor's
+          kernels in CUDA graphs; its tracing and code generation take about a minute per job);
         - `vae_encoder`: the VAE encoder's calls WITH autograd (SDS encodes every render through it
           and back-propagates; DreamBooth's and img2img's encodes, without autograd, stay eager:
           compiling them would cost more than they take).
@@ -214,7 +237,15 @@ class DiffusionBackend(nn.Module):
         if unet_mode:
             self._compiled["unet"] = compiled(self.unet, unet_mode)
             notes.append(f"unet torch.compile(mode={unet_mode})")
-        if cudagraphs and self.device.type == "cuda":
+        graphs = cudagraph_mode(cudagraphs)
+        if graphs and self.device.type != "cuda":
+            notes.append("unet without autograd: no CUDA graphs on " + self.device.type)
+        elif graphs == "direct":
+            from .graphs import CUDAGraphed
+
+            self._compiled["unet_graphed"] = CUDAGraphed(self.unet, name=f"{self.name} unet")
+            notes.append("unet without autograd: CUDA graphs captured directly (torch.cuda.CUDAGraph per input shape)")
+        elif graphs == "compile":
             self._compiled["unet_graphed"] = compiled(self.unet, "reduce-overhead")
             notes.append("unet without autograd: torch.compile(mode=reduce-overhead) (CUDA graphs)")
         if vae_encoder and self.vae is not None:
@@ -231,9 +262,22 @@ class DiffusionBackend(nn.Module):
 
     def uncompile_models(self) -> None:
         """Back to the eager modules (what `compile_models` set up is dropped; dynamo's caches stay)."""
+        self._graphs_stale()
         self._compiled = {}
         if self.vae is not None and getattr(self.vae.encoder, "_compiled_call_impl", None) is not None:
             self.vae.encoder._compiled_call_impl = None
+
+    def _graphs_stale(self) -> None:
+        """The UNet's structure or weights' storage changed: directly captured CUDA graphs (which
+        replay the old forward on the old memory) are dropped and re-captured on the next calls."""
+        graphed = (getattr(self, "_compiled", None) or {}).get("unet_graphed")
+        if hasattr(graphed, "invalidate"):
+            graphed.invalidate()
+
+    def graph_stats(self) -> str | None:
+        """What the directly captured CUDA graphs did so far (None when they are not in use)."""
+        graphed = (getattr(self, "_compiled", None) or {}).get("unet_graphed")
+        return graphed.describe() if hasattr(graphed, "describe") else None
 
     def predict_noise(self, x_t: torch.Tensor, t: Any, cond: torch.Tensor,
                       uncond: torch.Tensor | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
@@ -331,6 +375,7 @@ class DiffusionBackend(nn.Module):
                                                          target_modules=self.text_lora_targets))
         self.unet.to(self.device)
         self.text_encoder.to(self.device)
+        self._graphs_stale()
 
     def _finetuned_names(self) -> dict[str, nn.Parameter]:
         spec = self._finetune or {"lora_rank": 0, "train_text_encoder": False}
@@ -360,6 +405,7 @@ class DiffusionBackend(nn.Module):
             if p.dtype != torch.float32:
                 p.data = p.data.float()
             p.requires_grad_(True)
+        self._graphs_stale()
         return params
 
     def freeze(self) -> None:
@@ -369,6 +415,7 @@ class DiffusionBackend(nn.Module):
         if self.dtype != torch.float32:
             for p in self._finetuned_names().values():
                 p.data = p.data.to(self.dtype)
+        self._graphs_stale()
 
     def finetuned_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights fine-tuning changes (names prefixed `unet.` / `text_encoder.`)."""
@@ -420,6 +467,7 @@ class DiffusionBackend(nn.Module):
             self.unet.enable_gradient_checkpointing()
         else:
             self.unet.disable_gradient_checkpointing()
+        self._graphs_stale()
 
     @staticmethod
     def view_prompt(prompt: str, direction: str) -> str:
