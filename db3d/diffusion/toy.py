@@ -10,6 +10,8 @@ priors, DreamBooth, SDS, img2img pseudo views) do something meaningful offline.
 
 - Pixel space, 3x32x32, v-prediction, cosine (`squaredcos_cap_v2`) schedule with
   `clip_sample` (x0 clipped to [-1, 1] in DDIM, as pixel models need).
+- Text conditioning twice: cross-attention at 8x8, and the attention-pooled tokens added to the
+  timestep embedding, which FiLM-modulates every ResNet block (`UNET` below says why).
 - Text: CLIP BPE with a 24-token context (the prior's captions are ~10 tokens; DreamBooth's
   "a sks mug, back view" fits, and "sks" is in the vocabulary, learnt later by fine-tuning).
 - Checkpoint folder (default `models/toy`): `model.safetensors` (UNet weights `unet.*`, text
