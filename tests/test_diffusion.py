@@ -131,6 +131,25 @@ def test_same_seed_same_weights_and_samples(tiny_cfg, space):
     assert torch.equal(x, y) and not torch.allclose(x, z)
 
 
+def test_ddim_clipped_x0_keeps_the_overshoot_direction(tiny_cfg, monkeypatch):
+    """Pixel models clip x0 to [-1, 1] in DDIM; the next step must use the epsilon of the CLIPPED
+    x0. With diffusers' default (raw epsilon), a guided prediction far outside [-1, 1] (what high
+    classifier-free guidance gives) was reversed: the toy prior sampled the complementary colour."""
+    b = make(tiny_cfg, "pixel")
+    assert b.scheduler_config["clip_sample"]
+    direction = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # red in [-1, 1]
+
+    def overshooting_eps(x_t, t, cond, uncond=None, guidance_scale=1.0):
+        ab = b._abar(b._timesteps(t, x_t.shape[0]))
+        x0 = 5.0 * direction.expand_as(x_t)  # 5x beyond the valid range
+        return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
+
+    monkeypatch.setattr(b, "predict_noise", overshooting_eps)
+    out = b.sample(["a red thing"], num_steps=20, guidance_scale=1.0, generator=gen(0))
+    red, green, blue = out[0].mean(dim=(1, 2)).tolist()
+    assert red > 0.95 and green < 0.05 and blue < 0.05, (red, green, blue)
+
+
 def test_view_prompt(backend):
     assert backend.view_prompt("a sks dog", "front") == "a sks dog, front view"
     assert backend.view_prompt("a sks dog", "side view") == "a sks dog, side view"
