@@ -38,7 +38,6 @@ ROW_HELP = {
 OCCGRID = ("on", "off", "dense")
 ATTENTION = ("default", "classic")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
-CUDAGRAPHS = ("", "direct", "compile")
 PRECISIONS = ("", "fp32", "fp16", "bf16")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -98,11 +97,9 @@ def coerce_option(key: str, value: str) -> Any:
     if key in ("channels_last", "tf32", "deterministic", "grad_ckpt", "compile_vae", "cudnn_benchmark"):
         return _parse_bool(key, value)
     if key == "cudagraphs":  # 1 = direct (what compile_unet does), compile = torch.compile reduce-overhead
-        v = value.strip().lower()
-        v = "direct" if v in _TRUE else ("" if v in _FALSE else ("compile" if v == "reduce-overhead" else v))
-        if v not in CUDAGRAPHS:
-            raise ValueError(f"cudagraphs={value!r}: expected 0, 1 (= direct), direct or compile")
-        return v
+        from ..diffusion.base import cudagraph_mode  # the one parser of this setting (compile_models' too)
+
+        return cudagraph_mode(value)
     if key == "train_text_encoder":
         return _parse_bool(key, value)
     if key == "lora_rank":

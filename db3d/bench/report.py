@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -53,7 +54,7 @@ class Row:
         ts = sorted(float(t) for t in times_ms)
         if not ts:
             raise ValueError(f"{row}: no timings")
-        med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        med = statistics.median(ts)
         spread = 100.0 * (ts[-1] - ts[0]) / med if med > 0 and len(ts) > 1 else None
         return cls(variant=variant, row=row, ms=med, iters_per_s=(1000.0 / med if med > 0 else None),
                    repeats=len(ts), spread_pct=spread, **kw)

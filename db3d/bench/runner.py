@@ -22,6 +22,7 @@ import json
 import logging
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -461,10 +462,6 @@ class Bench:
                     note=what + f" ({self._warmup_what(train)})"
                          + (f"; CUDA graphs so far: {graphs}" if graphs and not train else ""), **kw)
 
-    def _median(self, times: Sequence[float]) -> float:
-        ts = sorted(times)
-        return ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
-
     def row_start(self, cfg: dict) -> dict:
         """A stage job's process start: a fresh interpreter importing what `python -m db3d` and the
         stages import, and creating the CUDA context (wall clock, like a job's start)."""
@@ -482,7 +479,7 @@ class Bench:
                     note="fresh python: import torch, diffusers, transformers, db3d's stage modules + CUDA context "
                          "(files in the page cache)")
 
-    def row_unet(self, cfg: dict) -> dict:
+    def row_unet(self, cfg: dict) -> list[dict]:
         torch, b = self.torch, self.backend
         with torch.no_grad():
             cond = b.encode_text([b.view_prompt(_prompt(), "front")])
@@ -498,9 +495,9 @@ class Bench:
         return [dict(times=times, res=b.latent_size, batch=1,
                      note=f"CFG in one UNet call of batch 2, {b.model_channels}x{b.latent_size}x{b.latent_size} input"
                           + self._warmup_note()),
-                self._warmup_row("unet_cfg_b1", n, self._median(times), res=b.latent_size, batch=1)]
+                self._warmup_row("unet_cfg_b1", n, statistics.median(times), res=b.latent_size, batch=1)]
 
-    def row_sds(self, cfg: dict, stage: str, res: int, occgrid: str) -> dict:
+    def row_sds(self, cfg: dict, stage: str, res: int, occgrid: str) -> list[dict]:
         from .workloads import STEADY_STATE_STEP, NerfRun
 
         run = NerfRun(cfg, self.backend, stage=stage, res=res, occgrid=occgrid)
@@ -528,9 +525,9 @@ class Bench:
                 + (f"; warm-up block {self.last_warmup_s:.1f} s ({self.compiled_what})" if self.compiled else ""))
         name = "sds_step" if stage == "stage1" else "sds_step_stage3"
         return [dict(row=name, times=times, res=res, batch=1, note=note),
-                self._warmup_row(name, block, self._median(times), res=res, batch=1)]
+                self._warmup_row(name, block, statistics.median(times), res=res, batch=1)]
 
-    def row_db(self, cfg: dict) -> dict:
+    def row_db(self, cfg: dict) -> list[dict]:
         from .workloads import DreamBoothRun
 
         db = cfg["dreambooth"]
@@ -546,7 +543,7 @@ class Bench:
                               f"{' (LoRA r=' + str(db['lora_rank']) + ')' if db['lora_rank'] else ''}"
                               f"{' + text encoder' if db['train_text_encoder'] else ''}, loss {last:.4f}"
                               + self._warmup_note(train=True)),
-                    self._warmup_row("dreambooth_step", self.last_warmup_n, self._median(times), train=True,
+                    self._warmup_row("dreambooth_step", self.last_warmup_n, statistics.median(times), train=True,
                                      res=self.backend.image_size, batch=2 * int(db["batch_size"]))]
         finally:
             del run
@@ -621,7 +618,7 @@ class Bench:
         return dict(row="nerf_resume_save", times=times, unit="save",
                     note=f"{size:.0f} MiB (field + Adam state, grid {cfg['nerf']['grid_resolution']})")
 
-    def row_img2img(self, cfg: dict) -> dict:
+    def row_img2img(self, cfg: dict) -> list[dict]:
         from .workloads import Img2ImgRun
 
         s2 = cfg["stage2"]
@@ -640,7 +637,7 @@ class Bench:
                 self._warmup_row("img2img_views", max(int(warm_steps * s2["noise_level"]), 1), None,
                                  res=self.backend.image_size, batch=min(int(s2["batch_size"]), int(s2["num_views"])))]
 
-    def row_priors(self, cfg: dict) -> dict:
+    def row_priors(self, cfg: dict) -> list[dict]:
         from .workloads import PRIOR_BATCH, class_prior_batch
 
         out = self.scratch / "priors"
@@ -652,7 +649,7 @@ class Bench:
                      note=f"{PRIOR_BATCH} images x {cfg['dreambooth']['class_sample_steps']} DDIM steps, CFG 7.5"),
                 self._warmup_row("class_prior_batch", 2, None, res=self.backend.image_size, batch=PRIOR_BATCH)]
 
-    def row_eval(self, cfg: dict) -> dict:
+    def row_eval(self, cfg: dict) -> list[dict]:
         from .workloads import EvalRun
 
         run = EvalRun(cfg, self.device, self.scratch / "eval")
@@ -667,7 +664,7 @@ class Bench:
                           f"eval_info.json)"),
                 dict(row="eval_models_build", times=[run.build_s * 1e3], unit="run",
                      note=f"building {labels} (random weights: stands in for loading them)"),
-                self._warmup_row("eval_run", 1, self._median(times), res=int(ev["resolution"]),
+                self._warmup_row("eval_run", 1, statistics.median(times), res=int(ev["resolution"]),
                                  batch=int(ev["num_views"]))]
 
     # -- main loop ----------------------------------------------------------------------------------

@@ -144,19 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import logging
 
+    from .. import stages
     from .runner import load_bench_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = load_bench_config(args.config, overrides)
-    if args.cudagraphs:
-        from .. import stages
-
+    if args.cudagraphs:  # this process's stage jobs only
         stages.STAGE_COMPILE = dict(stages.STAGE_COMPILE, cudagraphs=args.cudagraphs)
     summary = run_stage(cfg, args.stage)
     if cfg.get("compile_unet"):
-        from .. import stages
-
         summary["cudagraphs"] = stages.STAGE_COMPILE["cudagraphs"]
     summary["label"] = args.label or ("compiled" if cfg.get("compile_unet") else "eager")
     short = {k: v for k, v in summary.items() if k not in ("sds", "loss", "t", "shading")}

@@ -46,7 +46,7 @@ def cudagraph_mode(value: bool | str | None) -> str:
         return "direct"
     if v in ("compile", "reduce-overhead"):
         return "compile"
-    raise ValueError(f"cudagraphs={value!r}: expected off, direct or compile")
+    raise ValueError(f"cudagraphs={value!r}: expected off (0), direct (1) or compile")
 
 
 class DiffusionBackend(nn.Module):
