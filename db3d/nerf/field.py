@@ -48,6 +48,9 @@ class DenseGridEncoding(nn.Module):
         sizes = [r**3 for r in resolutions]
         offsets = [0] + list(torch.tensor(sizes).cumsum(0)[:-1].tolist())
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        corners = [[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+        self.register_buffer("corners", torch.tensor(corners, dtype=torch.long), persistent=False)
+        self.register_buffer("corner_is_upper", self.corners.bool(), persistent=False)
         # instant-ngp initialises features ~U(-1e-4, 1e-4): the MLP (and the blob) decide the start.
         self.table = nn.Parameter(torch.empty(sum(sizes), features).uniform_(-init_scale, init_scale))
 
@@ -63,16 +66,17 @@ class DenseGridEncoding(nn.Module):
         r = self.resolutions[None, :, None]  # long [1,L,1]
         i0 = torch.minimum(u.detach().floor().long(), r - 2).clamp_min(0)  # lower corner
         f = u - i0.to(u.dtype)  # [N,L,3] fractional position, carries the gradient wrt x
-        R = self.resolutions[None, :]
-        out = 0.0
-        for dx in (0, 1):
-            wx = f[..., 0] if dx else 1 - f[..., 0]
-            for dy in (0, 1):
-                wy = f[..., 1] if dy else 1 - f[..., 1]
-                for dz in (0, 1):
-                    wz = f[..., 2] if dz else 1 - f[..., 2]
-                    idx = ((i0[..., 0] + dx) * R + (i0[..., 1] + dy)) * R + (i0[..., 2] + dz) + self.offsets
-                    out = out + (wx * wy * wz)[..., None] * self.table[idx]  # [N,L,F]
+        # the 8 cube corners at once (one gather, one weighted sum): the same interpolation as a loop
+        # over corners in ~10 kernels instead of ~100, and this runs with a double backward on every
+        # SDS step, where the host issuing kernels, not the GPU, sets the pace
+        corner = self.corners  # [8,3] of 0/1
+        R = self.resolutions[None, :, None]  # [1,L,1]
+        ic = i0[:, :, None, :] + corner  # [N,L,8,3]
+        idx = (ic[..., 0] * R + ic[..., 1]) * R + ic[..., 2] + self.offsets[None, :, None]  # [N,L,8]
+        fc = f[:, :, None, :]
+        w = torch.where(self.corner_is_upper, fc, 1 - fc)  # [N,L,8,3] per-axis weights
+        w = w[..., 0] * w[..., 1] * w[..., 2]  # [N,L,8] trilinear weights
+        out = (w[..., None] * self.table[idx]).sum(dim=2)  # [N,L,F]
         return out.reshape(x.shape[0], -1)
 
 
