@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from .diffusion.base import DiffusionBackend
 
@@ -64,24 +65,29 @@ class ScoreDistillation:
         return self.backend._randint(lo, hi + 1, batch, generator)
 
     def __call__(self, rendered: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, step: int,
-                 generator: torch.Generator | None = None, latent: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+                 generator: torch.Generator | None = None, latent: bool = False,
+                 defer: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         """SDS surrogate loss for renders [B,3,H,W] in [0,1] (or model-space latents with `latent=True`).
 
         `cond`/`uncond`: text embeddings [B or 1, L, D] from `backend.encode_text` (per-view
         prompts give per-sample `cond`); `uncond=None` or guidance 1 runs the conditional model
         only. Returns `(loss, info)`, info = {t: list[int], grad_norm: float (after guard and
-        clip), grad_norm_raw: float, nan: bool, w: float (mean weight)}.
+        clip), grad_norm_raw: float, nan: bool, w: float (mean weight)}. With `defer`, info is
+        {"stats": a device tensor} and nothing waits for the GPU: pass `stats.tolist()` to
+        `host_info` later (NerfFit does, for many steps in one copy).
         """
         b = self.backend
-        x0 = rendered.to(b.device) if latent else b.encode_images(rendered)
-        x0 = x0.float()
+        with record_function("sds.encode"):
+            x0 = rendered.to(b.device) if latent else b.encode_images(rendered)
+            x0 = x0.float()
         batch = x0.shape[0]
         with torch.no_grad():
             t = self.sample_t(batch, step, generator)
             noise = b._randn(x0.shape, generator)
             x_t = b.add_noise(x0.detach(), noise, t)
-            eps_hat = b.predict_noise(x_t, t, cond, uncond if self.guidance_scale != 1.0 else None,
-                                      self.guidance_scale)
+            with record_function("sds.unet"):
+                eps_hat = b.predict_noise(x_t, t, cond, uncond if self.guidance_scale != 1.0 else None,
+                                          self.guidance_scale)
             if self.weighting == "sds":
                 w = (1.0 - b.alphas_cumprod[t]).float()
             else:
@@ -92,13 +98,19 @@ class ScoreDistillation:
             grad = torch.where(finite, grad, torch.zeros_like(grad))
             if self.grad_clip > 0:
                 grad = grad.clamp(-self.grad_clip, self.grad_clip)
-            stats = torch.stack([raw_norm, grad.norm(), finite.float(), w.mean()]).tolist()
+            # everything the host needs in one tensor: one device-to-host copy (each .tolist() waits
+            # for the GPU), made here or, with `defer`, by the caller for many steps at once
+            stats = torch.cat([torch.stack([raw_norm, grad.norm(), finite.float(), w.mean()]), t.float()])
         target = (x0 - grad).detach()
         loss = 0.5 * ((x0 - target) ** 2).sum() / batch
+        info = {"stats": stats} if defer else self.host_info(stats.tolist(), step)
+        return loss, info
+
+    def host_info(self, stats: list[float], step: int) -> dict[str, Any]:
+        """`info` from the values of a step's `stats` tensor; counts and logs a zeroed gradient."""
+        t = [int(v) for v in stats[4:]]
         nan = stats[2] < 0.5
         if nan:
             self.nan_count += 1
-            log.warning("SDS step %d: non-finite gradient (t=%s) zeroed (%d so far)",
-                        step, t.tolist(), self.nan_count)
-        info = {"t": t.tolist(), "grad_norm": stats[1], "grad_norm_raw": stats[0], "nan": nan, "w": stats[3]}
-        return loss, info
+            log.warning("SDS step %d: non-finite gradient (t=%s) zeroed (%d so far)", step, t, self.nan_count)
+        return {"t": t, "grad_norm": stats[1], "grad_norm_raw": stats[0], "nan": nan, "w": stats[3]}

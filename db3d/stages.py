@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from .errors import ConfigError, DataError
@@ -251,43 +252,75 @@ class NerfFit:
         self.reg = cfg["nerf"]["regularisers"]
         self.generator = _generator(cfg["seed"])
         self.last_info: dict = {}  # the main render's `info` of the last iteration (sampler, samples)
+        self._pending: list[tuple[dict, dict, torch.Tensor]] = []  # records waiting for `flush`
 
     def iteration(self, step: int) -> tuple[torch.Tensor, dict]:
         """One optimisation step: grid update, camera + shading draw, render, SDS (+ regularisers,
-        + stage 3's reconstruction render), Adam step. Returns (loss, the step's losses record)."""
+        + stage 3's reconstruction render), Adam step. Returns (loss, the step's record), whose
+        numbers (sds, recon, loss, t) are filled in by the next `flush` (or `resume_state`).
+        The `record_function` labels name its parts in a profile (`python -m db3d.bench.profile`)."""
         from .nerf import render, sample_cameras, view_direction
         from .nerf.render import update_estimator
 
         cfg, reg, res, latent = self.cfg, self.reg, self.res, self.latent
         field, background, estimator, generator = self.field, self.background, self.estimator, self.generator
         if estimator is not None:
-            update_estimator(estimator, field, step, num_samples=cfg["nerf"]["num_samples"])
-        cams = sample_cameras(1, cfg["nerf"]["camera"], generator).to(self.device)
-        shading = _shading(cfg, generator, latent)
-        out = render(field, background, cams, res, res, shading=shading,
-                     ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                     sampler=self.sampler, estimator=estimator, generator=generator,
-                     normals=shading != "albedo" or reg["orientation"] > 0)
+            with record_function("nerf.grid_update"):
+                update_estimator(estimator, field, step, num_samples=cfg["nerf"]["num_samples"])
+        cams = sample_cameras(1, cfg["nerf"]["camera"], generator)
         direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
-        loss_sds, info = self.sds(out.image, self.cond[direction], self.uncond, step, generator=None, latent=latent)
+        cams = cams.to(self.device)
+        shading = _shading(cfg, generator, latent)
+        with record_function("nerf.render"):
+            out = render(field, background, cams, res, res, shading=shading,
+                         ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                         sampler=self.sampler, estimator=estimator, generator=generator,
+                         normals=shading != "albedo" or reg["orientation"] > 0)
+        with record_function("sds"):
+            loss_sds, info = self.sds(out.image, self.cond[direction], self.uncond, step, generator=None,
+                                      latent=latent, defer=True)
         loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
                               if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "sds": loss_sds.item(), "t": _scalar(info.get("t")),
-                  "direction": direction, "shading": shading}
+        record = {"step": step, "direction": direction, "shading": shading}
+        values = {"sds": loss_sds}
         if self.recon_weight > 0:
             i = int(torch.randint(len(self.view_cams), (1,), generator=generator))
-            view = render(field, background, self.view_cams[i:i + 1], res, res, shading="albedo",
-                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
-                          sampler=self.sampler, estimator=estimator, generator=generator, normals=False)
+            with record_function("nerf.recon_render"):
+                view = render(field, background, self.view_cams[i:i + 1], res, res, shading="albedo",
+                              ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
+                              sampler=self.sampler, estimator=estimator, generator=generator, normals=False)
             loss_recon = F.mse_loss(view.image, self.view_targets[i:i + 1])
             loss = loss + self.recon_weight * loss_recon
-            record["recon"] = loss_recon.item()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        record["loss"] = loss.item()
+            values["recon"] = loss_recon
+        with record_function("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("adam"):
+            self.optimizer.step()
+        values["loss"] = loss
+        # the record's numbers stay on the device until `flush` (every RESUME_EVERY steps in
+        # fit_nerf): reading them here would make the host wait for the GPU every step
+        self._pending.append((record, {k: v.detach() for k, v in values.items()}, info["stats"]))
         self.last_info = out.info
         return loss, record
+
+    def flush(self) -> None:
+        """Fill in the records `iteration` returned since the last flush (losses, t) with one
+        device-to-host copy, and log any zeroed SDS gradient."""
+        if not self._pending:
+            return
+        parts = [torch.cat([torch.stack([v.detach().float() for v in values.values()]), stats])
+                 for _, values, stats in self._pending]
+        flat = torch.cat(parts).tolist()
+        at = 0
+        for (record, values, _), part in zip(self._pending, parts):
+            n = len(values)
+            vals, stats = flat[at:at + n], flat[at + n:at + part.numel()]
+            at += part.numel()
+            info = self.sds.host_info(stats, record["step"])
+            record.update(zip(values, vals))
+            record["t"] = _scalar(info["t"])
+        self._pending.clear()
 
     def state_dict(self) -> dict:
         return {"field": self.field.state_dict(), "background": self.background.state_dict(),
@@ -305,7 +338,8 @@ class NerfFit:
         torch.set_rng_state(state["torch_rng"])
 
     def resume_state(self, next_step: int, records: list[dict], elapsed: float) -> dict:
-        """What fit_nerf writes to `.resume.pt`: `state_dict()` + the loop's position."""
+        """What fit_nerf writes to `.resume.pt`: `state_dict()` + the loop's position (records flushed)."""
+        self.flush()
         return {**self.state_dict(), "step": next_step, "records": records, "elapsed": elapsed}
 
 
@@ -337,6 +371,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
             torch_save(fit.resume_state(step + 1, records, time.time() - start), resume_path)
+    fit.flush()
 
     loop_time = time.time() - start
     meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,

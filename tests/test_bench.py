@@ -182,6 +182,10 @@ def test_variant_language():
         with pytest.raises(ValueError):
             parse_variant(bad, base, ROW_KEYS)
     assert coerce_option("channels_last", "0") is False
+    v = parse_variant("prev vae_attention=sdpa vae_autocast=1", base, ROW_KEYS)
+    assert (v.options.vae_attention, v.options.vae_autocast) == ("sdpa", "1")
+    with pytest.raises(ValueError):
+        parse_variant("x vae_attention=flash", base, ROW_KEYS)
     assert Options().describe() == "defaults"
     assert Options(tf32=True, occgrid="dense").describe() == "tf32=1 occgrid=dense"
 
@@ -322,6 +326,18 @@ def test_sds_iteration_is_nerffits_iteration(tmp_path, monkeypatch, stage):
     assert len(iterations) == 4 and all(g is rec for g, (_, rec) in zip(got, iterations[2:]))
     assert run.resume_state(1) is saves[-1]
     assert json.loads(json.dumps(got)) == want
+
+
+def test_profile_names_the_parts_of_an_iteration():
+    """`python -m db3d.bench.profile`'s summary: a timed step and the iteration's labelled regions."""
+    from db3d.bench.profile import format_summary, profile_steps
+
+    cfg = small_cfg()
+    cfg["stage1"]["iters"] = 4
+    s = profile_steps(cfg, "stage1", steps=1, warmup=1)
+    assert {"nerf.render", "sds", "sds.encode", "sds.unet", "backward", "adam"} <= s["regions"].keys()
+    assert s["wall_ms_median"] > 0 and s["samples_per_step"] > 0 and s["top_cpu"]
+    assert s["gpu_busy_fraction"] is None and "nerf.render" in format_summary(s)
 
 
 def test_img2img_row_is_stage2(tmp_path, monkeypatch):

@@ -247,8 +247,17 @@ def applied(backend, opts: Options, device) -> Any:
                     saved = dict(m.attn_processors)
                     m.set_default_attn_processor()
                     stack.callback(m.set_attn_processor, saved)
+        if opts.vae_attention and backend.vae is not None:
+            saved_vae = dict(backend.vae.attn_processors)
+            backend.set_vae_attention(opts.vae_attention)
+            stack.callback(backend.vae.set_attn_processor, saved_vae)
+        if opts.vae_autocast:
+            stack.callback(setattr, backend, "vae_autocast", backend.vae_autocast)
+            backend.vae_autocast = opts.vae_autocast == "1"
         notes.append(f"attention: unet {_attn_names(backend.unet)}"
-                     + (f", vae {_attn_names(backend.vae)}" if backend.vae is not None else ""))
+                     + (f", vae {_attn_names(backend.vae)}" if backend.vae is not None else "")
+                     + ("" if backend.vae is None else "; VAE under autocast" if backend.vae_autocast
+                        else "; VAE in its own dtype (no autocast)"))
         if opts.grad_ckpt:
             backend.gradient_checkpointing(True)
             stack.callback(backend.gradient_checkpointing, False)
@@ -515,6 +524,7 @@ class Bench:
         run.samples = 0
         times = [self.timer.events_ms(one_block) / block for _ in range(self.sds_repeats)]
         n_iter = block * self.sds_repeats
+        run.fit.flush()  # the records' numbers (and the SDS non-finite count) after the timed blocks
         nan = run.sds.nan_count
         grid = ("occupancy grid" if run.estimator is not None
                 else {"off": "no grid", "dense": "dense torch sampler"}.get(occgrid, "no grid (CPU or no nerfacc CUDA ops)"))
