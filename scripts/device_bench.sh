@@ -10,8 +10,8 @@
 #   test   the GPU tests of the directly captured CUDA graphs (tests/test_graphs.py -m gpu)
 #   sd     `sd` (SD 2.1-base architecture, random weights) as config/paper.yaml runs it (its
 #          `deterministic` and `compile_unet`, i.e. CUDA graphs captured directly: the base variant,
-#          whose rows the projection uses) with variants `ro` (the same calls through torch.compile
-#          reduce-overhead, the previous default) and `eager` (nothing compiled or captured)
+#          whose rows the projection uses) with variants `vaeprev` (the VAE as before 2026-11-30
+#          evening: SDPA attention, under autocast) and `eager` (nothing compiled or captured)
 #   stage  the stage-1 job (stages.fit_nerf, STAGE_ITERS iterations, default 300) eager, then with
 #          compile_unet (direct CUDA graphs), compared: steady rate, warm-up, losses
 #   ro     the same stage-1 job through torch.compile reduce-overhead (its warm-up in a real job)
@@ -71,7 +71,7 @@ main() {
         timeout -s INT -k 20 $((budget + 45)) "$PY" -m db3d bench --config config/paper.yaml \
             --set backend=sd --set models.sd=random --name sd-paper-random --out "$OUT/sd.tsv" \
             --time-budget "$budget" --sds-repeats 2 ${DB3D_BENCH_ARGS:-} \
-            --variant "ro cudagraphs=compile rows=unet,sds,sds3" \
+            --variant "vaeprev vae_attention=sdpa vae_autocast=1 rows=sds,sds3" \
             --variant "eager compile=0 rows=unet,sds,sds3"
         say "sd exit code $?"
     fi

@@ -54,6 +54,8 @@ class Options:
     cudagraphs: str = ""            # UNet calls without autograd (SDS, sampling) as CUDA graphs: "" off |
                                     # direct (torch.cuda.CUDAGraph) | compile (torch.compile reduce-overhead)
     compile_vae: bool = False       # torch.compile the VAE encoder (SDS encodes every render through it)
+    vae_attention: str = ""         # "" = the backend's | sdpa (AttnProcessor2_0) | classic (AttnProcessor)
+    vae_autocast: str = ""          # "" = the backend's | 1: VAE calls under autocast | 0: in the VAE's dtype
     tf32: bool = False              # torch.backends.cuda.matmul.allow_tf32 (cuDNN keeps torch's default)
     cudnn_benchmark: bool = False   # torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per shape
     occgrid: str = "on"             # on (fit_nerf: nerfacc grid skipping) | off (marching, no skipping) | dense
@@ -118,7 +120,8 @@ def coerce_option(key: str, value: str) -> Any:
         if v not in COMPILE_MODES:
             raise ValueError(f"compile={value!r}: expected 0, 1 or one of {', '.join(COMPILE_MODES[1:])}")
         return v
-    choices = {"precision": PRECISIONS, "attention": ATTENTION, "occgrid": OCCGRID}[key]
+    choices = {"precision": PRECISIONS, "attention": ATTENTION, "occgrid": OCCGRID,
+               "vae_attention": ("", "sdpa", "classic"), "vae_autocast": ("", "0", "1")}[key]
     v = value.strip().lower()
     if v not in choices:
         raise ValueError(f"{key}={value!r}: expected one of {', '.join(c for c in choices if c)}")
