@@ -39,8 +39,9 @@ PREVIEW_ELEVATION_DEG = 15.0  # the stage turntables look slightly down on the o
 # What `compile_unet: true` does (DiffusionBackend.compile_models; measurements on an H200 in
 # docs/performance.md): the UNet's calls without autograd (SDS guidance, DDIM sampling) replayed as
 # CUDA graphs captured directly (torch.cuda.CUDAGraph, db3d.diffusion.graphs: the eager kernels, no
-# tracing); same computation. H200: UNet + CFG 41.5 -> 13.6 ms, SDS step 139 -> 84 ms, warm-up
-# 0.9 s per job against 67 s for the same calls through torch.compile reduce-overhead (9.5 ms).
+# tracing); same computation. H200 (2026-11-30 evening): UNet + CFG 59.1 -> 13.9 ms, SDS step 75.4 ->
+# 43.7 ms, warm-up 0.9 s per job against 67 s for the same calls through torch.compile
+# reduce-overhead (afternoon: 9.5 ms per UNet call, but slower SDS steps).
 # Not compiled: DreamBooth's training step (19 % faster compiled, but its compile takes ~160 s per
 # job, more than it saves in 800 steps) and the VAE encoder (no measurable gain in the SDS step).
 STAGE_COMPILE = {"unet_mode": None, "cudagraphs": "direct", "vae_encoder": False}
