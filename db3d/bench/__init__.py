@@ -7,8 +7,8 @@ of one run, the resume/checkpoint writes, plus two reference points (the bare UN
 batch 1; diffusers' own DreamBooth training step on the same model and batch). From the table it
 projects the wall time of one subject through all three stages at the config's iteration counts.
 Variants (`--variant`) A/B optimisations that do not change what is computed (precision,
-channels_last, attention processor, torch.compile, TF32, occupancy grid, deterministic kernels,
-gradient checkpointing, a memory cap).
+channels_last, attention processor, the VAE's attention and autocast, torch.compile, CUDA graphs,
+TF32, occupancy grid, deterministic kernels, gradient checkpointing, a memory cap).
 
 Modules (imported lazily, so `python -m db3d --help` does not pay for torch):
 - `args`: the command-line arguments and the variant mini-language (torch-free);
@@ -16,6 +16,10 @@ Modules (imported lazily, so `python -m db3d --help` does not pay for torch):
   `img2img_views`), set up with benchmark inputs;
 - `report`: rows, ratios, the projection, TSV + Markdown output (torch-free);
 - `runner`: config loading, variants, timing, error capture; `run_bench`, `main`.
+
+Run on their own (`python -m db3d.bench.<module>`): `stagecheck`, a whole NeRF stage job with a clock
+per iteration; `profile`, one NeRF iteration under torch.profiler (wall vs GPU time, launches, the
+labelled parts of the step, top ops).
 """
 from __future__ import annotations
 

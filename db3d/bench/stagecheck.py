@@ -44,7 +44,10 @@ def run_stage(cfg: dict, stage: str = "stage1", *, subject: str = "dog", prompt_
 
     def iteration(self, step):
         out = orig_iter(self, step)
-        stamps.append(time.perf_counter())  # the iteration ends on loss.item(): the device is synced
+        # when the host has issued the iteration (no per-step sync since the records are flushed every
+        # RESUME_EVERY steps); nerfacc's sampling waits for the GPU at the start of every render, so
+        # the host is never more than about one iteration ahead and steady intervals are the step time
+        stamps.append(time.perf_counter())
         return out
 
     tmp = None
