@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import Db3dError
+from .errors import report_errors
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -21,12 +21,11 @@ def _config(args: argparse.Namespace) -> dict:
     """
     import json
 
-    from .config import load_config
+    from .config import load_config, parse_overrides
 
     if getattr(args, "config_json", None):
         return json.loads(args.config_json)
-    overrides = dict(kv.split("=", 1) for kv in (getattr(args, "set", None) or []))
-    return load_config(args.config, overrides)
+    return load_config(args.config, parse_overrides(getattr(args, "set", None)))
 
 
 def cmd_write_json(args: argparse.Namespace) -> None:
@@ -295,9 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+
+    def run() -> int:
         args.func(args)
-    except Db3dError as e:
-        print(f"db3d: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return report_errors(run)

@@ -138,6 +138,17 @@ def coerce_like(current: Any, value: Any, key: str) -> Any:
     return value
 
 
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """`--set` arguments (`["stage1.iters=300", ...]`) -> {"stage1.iters": "300", ...}."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stage1.iters=300")
+        out[key.strip()] = value
+    return out
+
+
 def parse_setting(setting: str) -> dict[str, str]:
     """`partial_steps~50/seed~1` -> {"partial_steps": "50", "seed": "1"}."""
     out: dict[str, str] = {}

@@ -1,8 +1,12 @@
 """User-facing errors: one line that names the thing that is wrong and how to fix it.
 
-`python -m db3d` prints `db3d: error: <message>` and exits 2 for these; anything else is a bug
-and keeps its traceback.
+`python -m db3d` (and the `python -m db3d.bench.*` tools, through `report_errors`) prints
+`db3d: error: <message>` and exits 2 for these; anything else is a bug and keeps its traceback.
 """
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class Db3dError(Exception):
@@ -19,3 +23,12 @@ class DataError(Db3dError):
 
 class ModelNotFoundError(Db3dError):
     pass
+
+
+def report_errors(main: Callable[[], int]) -> int:
+    """Run a command's `main`: a Db3dError becomes the one-line message and exit status 2."""
+    try:
+        return main()
+    except Db3dError as e:
+        print(f"db3d: error: {e}", file=sys.stderr)
+        return 2

@@ -183,7 +183,8 @@ def test_variant_language():
             parse_variant(bad, base, ROW_KEYS)
     assert coerce_option("channels_last", "0") is False
     v = parse_variant("prev vae_attention=sdpa vae_autocast=1", base, ROW_KEYS)
-    assert (v.options.vae_attention, v.options.vae_autocast) == ("sdpa", "1")
+    assert (v.options.vae_attention, v.options.vae_autocast) == ("sdpa", True)
+    assert parse_variant("x vae_autocast=0", base, ROW_KEYS).options.vae_autocast is False
     with pytest.raises(ValueError):
         parse_variant("x vae_attention=flash", base, ROW_KEYS)
     assert Options().describe() == "defaults"
@@ -450,6 +451,23 @@ def test_compile_models_computes_the_same_and_undoes(monkeypatch):
     b.uncompile_models()
     assert not b._compiled and b.vae.encoder._compiled_call_impl is None
     torch._dynamo.reset()
+
+
+def test_vae_options_apply_and_undo():
+    """Variants `vae_attention` / `vae_autocast` change the backend inside `applied` and restore it."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from db3d.bench.runner import applied
+    from db3d.diffusion import build_backend
+
+    b = build_backend(small_cfg())
+    kinds = lambda: {type(p) for p in b.vae.attn_processors.values()}  # noqa: E731
+    assert kinds() == {AttnProcessor} and b.vae_autocast is False
+    with applied(b, Options(vae_attention="sdpa", vae_autocast=True), b.device):
+        assert kinds() == {AttnProcessor2_0} and b.vae_autocast is True
+    assert kinds() == {AttnProcessor} and b.vae_autocast is False
+    with applied(b, Options(), b.device):  # unset options leave the backend's choice
+        assert kinds() == {AttnProcessor} and b.vae_autocast is False
 
 
 def test_stages_compile_what_the_bench_base_runs(monkeypatch):

@@ -126,6 +126,25 @@ def test_bad_config_value_is_one_line_naming_the_key(tmp_path):
     assert "recon_weight" in res.stdout + res.stderr
 
 
+def test_set_without_equals_is_one_line_naming_the_argument(capsys):
+    from db3d.cli import main
+    from db3d.config import parse_overrides
+
+    assert parse_overrides(["stage1.iters=7", "report.title=a=b"]) == {"stage1.iters": "7", "report.title": "a=b"}
+    with pytest.raises(ConfigError, match=r"--set 'stage1.iters': expected KEY=VALUE"):
+        parse_overrides(["stage1.iters"])
+    assert main(["toy-prior", "--set", "stage1.iters", "--out", "unused"]) == 2  # fails before any training
+    err = capsys.readouterr().err.strip()
+    assert "expected KEY=VALUE" in err and len(err.splitlines()) == 1
+    from db3d.bench import profile, stagecheck
+    from db3d.errors import report_errors
+
+    for tool in (profile, stagecheck):  # the python -m db3d.bench.* tools report it the same way
+        assert report_errors(lambda: tool.main(["--set", "stage1.iters"])) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("db3d: error: --set 'stage1.iters'") and len(err.splitlines()) == 1
+
+
 def test_unknown_ablation_column_is_an_error():
     with pytest.raises(ConfigError, match="unknown config key 'recon_wieght'"):
         wf.resolved(load_config(), "recon_wieght~1/seed~0")

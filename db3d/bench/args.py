@@ -55,7 +55,7 @@ class Options:
                                     # direct (torch.cuda.CUDAGraph) | compile (torch.compile reduce-overhead)
     compile_vae: bool = False       # torch.compile the VAE encoder (SDS encodes every render through it)
     vae_attention: str = ""         # "" = the backend's | sdpa (AttnProcessor2_0) | classic (AttnProcessor)
-    vae_autocast: str = ""          # "" = the backend's | 1: VAE calls under autocast | 0: in the VAE's dtype
+    vae_autocast: bool | None = None  # None = the backend's | True: VAE calls under autocast | False: in its dtype
     tf32: bool = False              # torch.backends.cuda.matmul.allow_tf32 (cuDNN keeps torch's default)
     cudnn_benchmark: bool = False   # torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per shape
     occgrid: str = "on"             # on (fit_nerf: nerfacc grid skipping) | off (marching, no skipping) | dense
@@ -102,7 +102,7 @@ def coerce_option(key: str, value: str) -> Any:
         from ..diffusion.base import cudagraph_mode  # the one parser of this setting (compile_models' too)
 
         return cudagraph_mode(value)
-    if key == "train_text_encoder":
+    if key in ("train_text_encoder", "vae_autocast"):
         return _parse_bool(key, value)
     if key == "lora_rank":
         n = int(value)
@@ -121,7 +121,7 @@ def coerce_option(key: str, value: str) -> Any:
             raise ValueError(f"compile={value!r}: expected 0, 1 or one of {', '.join(COMPILE_MODES[1:])}")
         return v
     choices = {"precision": PRECISIONS, "attention": ATTENTION, "occgrid": OCCGRID,
-               "vae_attention": ("", "sdpa", "classic"), "vae_autocast": ("", "0", "1")}[key]
+               "vae_attention": ("", "sdpa", "classic")}[key]
     v = value.strip().lower()
     if v not in choices:
         raise ValueError(f"{key}={value!r}: expected one of {', '.join(c for c in choices if c)}")

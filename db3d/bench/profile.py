@@ -27,15 +27,8 @@ REGIONS = ("nerf.grid_update", "nerf.render", "sds", "sds.encode", "sds.unet", "
            "backward", "adam")
 
 
-def _device_time(evt) -> float:
-    """An event's device time in µs (the attribute's name changed across torch versions)."""
-    for name in ("device_time_total", "cuda_time_total"):
-        if hasattr(evt, name):
-            return float(getattr(evt, name))
-    return 0.0
-
-
 def _self_device_time(evt) -> float:
+    """An event's own device time in µs (the attribute's name changed across torch versions)."""
     for name in ("self_device_time_total", "self_cuda_time_total"):
         if hasattr(evt, name):
             return float(getattr(evt, name))
@@ -108,7 +101,6 @@ def profile_steps(cfg: dict, stage: str = "stage1", steps: int = 12, warmup: int
     if not trace:
         shutil.rmtree(trace_path.parent, ignore_errors=True)
     events = prof.key_averages()
-    kernel_us = gpu["kernel_ms"] * 1e3
     regions = {}
     for e in events:
         if e.key in REGIONS:
@@ -123,8 +115,8 @@ def profile_steps(cfg: dict, stage: str = "stage1", steps: int = 12, warmup: int
     return {
         "stage": stage, "device": torch.cuda.get_device_name() if cuda else "cpu", "steps": steps,
         "wall_ms_median": statistics.median(walls), "wall_ms": [round(w, 2) for w in walls],
-        "profiled_wall_ms": profiled_wall, "gpu_kernel_ms": kernel_us / 1e3,
-        "gpu_busy_fraction": kernel_us / 1e3 / profiled_wall if cuda else None,
+        "profiled_wall_ms": profiled_wall, "gpu_kernel_ms": gpu["kernel_ms"],
+        "gpu_busy_fraction": gpu["kernel_ms"] / profiled_wall if cuda else None,
         "launches_per_step": launches, "samples_per_step": run.samples / max(len(run.records), 1),
         "regions": regions,
         "top_gpu": [{"op": e.key, "calls": e.count / steps, "gpu_ms": _self_device_time(e) / 1e3 / steps}
@@ -166,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto)")
     p.add_argument("--out", default=None, help="write the summary as JSON")
     args = p.parse_args(argv)
+    from ..config import parse_overrides
     from .runner import load_bench_config
 
-    cfg = load_bench_config(args.config, dict(kv.split("=", 1) for kv in args.set))
+    cfg = load_bench_config(args.config, parse_overrides(args.set))
     summary = profile_steps(cfg, args.stage, args.steps, args.warmup, args.trace, args.top)
     print(format_summary(summary))
     if args.out:
@@ -177,4 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from db3d.errors import report_errors
+
+    sys.exit(report_errors(main))

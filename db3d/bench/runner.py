@@ -251,9 +251,9 @@ def applied(backend, opts: Options, device) -> Any:
             saved_vae = dict(backend.vae.attn_processors)
             backend.set_vae_attention(opts.vae_attention)
             stack.callback(backend.vae.set_attn_processor, saved_vae)
-        if opts.vae_autocast:
+        if opts.vae_autocast is not None:
             stack.callback(setattr, backend, "vae_autocast", backend.vae_autocast)
-            backend.vae_autocast = opts.vae_autocast == "1"
+            backend.vae_autocast = opts.vae_autocast
         notes.append(f"attention: unet {_attn_names(backend.unet)}"
                      + (f", vae {_attn_names(backend.vae)}" if backend.vae is not None else "")
                      + ("" if backend.vae is None else "; VAE under autocast" if backend.vae_autocast
@@ -901,12 +901,12 @@ def run_bench(cfg: dict, out: str | Path, *, variants: Sequence[Variant] | None 
 
 def main(args) -> int:
     """`python -m db3d bench` (arguments: db3d.bench.args + --config/--set/--config-json)."""
+    from ..config import parse_overrides
     from ..errors import ConfigError
-
     from ..stages import STAGE_COMPILE
     from .args import config_options
 
-    overrides = dict(kv.split("=", 1) for kv in (getattr(args, "set", None) or []))
+    overrides = parse_overrides(getattr(args, "set", None))
     cfg = load_bench_config(getattr(args, "config", None), overrides, getattr(args, "config_json", None))
     try:
         # the base variant runs as the config's stages would: its deterministic / compile_unet

@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from .. import stages
+    from ..config import parse_overrides
     from .runner import load_bench_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    cfg = load_bench_config(args.config, overrides)
+    cfg = load_bench_config(args.config, parse_overrides(args.set))
     if args.cudagraphs:  # this process's stage jobs only
         stages.STAGE_COMPILE = dict(stages.STAGE_COMPILE, cudagraphs=args.cudagraphs)
     summary = run_stage(cfg, args.stage)
@@ -167,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from db3d.errors import report_errors
+
+    sys.exit(report_errors(main))
