@@ -150,6 +150,23 @@ def test_ddim_clipped_x0_keeps_the_overshoot_direction(tiny_cfg, monkeypatch):
     assert red > 0.95 and green < 0.05 and blue < 0.05, (red, green, blue)
 
 
+def test_vae_runs_in_its_dtype_with_classic_attention(tiny_cfg):
+    """The VAE's defaults (DiffusionBackend: no autocast, AttnProcessor) and the processor switch."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    b = make(tiny_cfg, "latent")
+    kinds = lambda: {type(p) for p in b.vae.attn_processors.values()}  # noqa: E731
+    assert b.vae_autocast is False and kinds() == {AttnProcessor}
+    img = torch.rand(1, 3, b.image_size, b.image_size, generator=gen(0))
+    z = b.encode_images(img)
+    b.set_vae_attention("sdpa")
+    assert kinds() == {AttnProcessor2_0}
+    torch.testing.assert_close(b.encode_images(img), z, rtol=1e-4, atol=1e-5)  # same attention, other kernel
+    b.set_vae_attention("classic")
+    with pytest.raises(ValueError, match="sdpa or classic"):
+        b.set_vae_attention("flash")
+
+
 def test_view_prompt(backend):
     assert backend.view_prompt("a sks dog", "front") == "a sks dog, front view"
     assert backend.view_prompt("a sks dog", "side view") == "a sks dog, side view"

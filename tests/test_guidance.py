@@ -105,6 +105,27 @@ def test_nan_guard_zeroes_and_reports(pixel):
     assert torch.isfinite(loss) and torch.equal(x.grad, torch.zeros_like(x))
 
 
+def test_deferred_info_is_the_same_info_read_later(pixel):
+    """`defer=True` (NerfFit's loop) returns the numbers as one device tensor; `host_info` on its values
+    gives what the immediate call gives, and counts a zeroed gradient only when it is read."""
+    cond = torch.zeros(1, 77, 64)
+    x0 = torch.rand(2, 3, 64, 64, generator=gen(1))
+    now = ScoreDistillation(pixel, SDS, total_iters=10)(x0, cond, cond, step=3, generator=gen(7))[1]
+    later = ScoreDistillation(pixel, SDS, total_iters=10)
+    _, info = later(x0, cond, cond, step=3, generator=gen(7), defer=True)
+    assert set(info) == {"stats"} and torch.is_tensor(info["stats"])
+    assert later.host_info(info["stats"].tolist(), 3) == now and not now["nan"]
+
+    with_denoiser(pixel, lambda x_t, *a, **k: torch.full_like(x_t, float("nan")))
+    try:
+        sds = ScoreDistillation(pixel, SDS, total_iters=10)
+        _, info = sds(x0, cond, cond, step=0, generator=gen(0), defer=True)
+    finally:
+        del pixel.predict_noise
+    assert sds.nan_count == 0
+    assert sds.host_info(info["stats"].tolist(), 0)["nan"] and sds.nan_count == 1
+
+
 def test_grad_clip_bounds_every_element(pixel):
     with_denoiser(pixel, lambda x_t, *a, **k: 1e4 * torch.ones_like(x_t))
     try:

@@ -49,6 +49,8 @@ class DenseGridEncoding(nn.Module):
         offsets = [0] + list(torch.tensor(sizes).cumsum(0)[:-1].tolist())
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
         corners = [[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+        # per corner and axis, the offset to its vertex (long, added to indices) and the same as a
+        # mask (picks f or 1 - f): both kept, as a cast per call would be one more kernel launch
         self.register_buffer("corners", torch.tensor(corners, dtype=torch.long), persistent=False)
         self.register_buffer("corner_is_upper", self.corners.bool(), persistent=False)
         # instant-ngp initialises features ~U(-1e-4, 1e-4): the MLP (and the blob) decide the start.
@@ -69,10 +71,8 @@ class DenseGridEncoding(nn.Module):
         # the 8 cube corners at once (one gather, one weighted sum): the same interpolation as a loop
         # over corners in ~10 kernels instead of ~100, and this runs with a double backward on every
         # SDS step, where the host issuing kernels, not the GPU, sets the pace
-        corner = self.corners  # [8,3] of 0/1
-        R = self.resolutions[None, :, None]  # [1,L,1]
-        ic = i0[:, :, None, :] + corner  # [N,L,8,3]
-        idx = (ic[..., 0] * R + ic[..., 1]) * R + ic[..., 2] + self.offsets[None, :, None]  # [N,L,8]
+        ic = i0[:, :, None, :] + self.corners  # [N,L,8,3]
+        idx = (ic[..., 0] * r + ic[..., 1]) * r + ic[..., 2] + self.offsets[None, :, None]  # [N,L,8]
         fc = f[:, :, None, :]
         w = torch.where(self.corner_is_upper, fc, 1 - fc)  # [N,L,8,3] per-axis weights
         w = w[..., 0] * w[..., 1] * w[..., 2]  # [N,L,8] trilinear weights
