@@ -56,10 +56,11 @@ def cmd_synthetic_subject(args: argparse.Namespace) -> None:
 
 
 def cmd_toy_prior(args: argparse.Namespace) -> None:
+    from .diffusion.loading import resolve_device
     from .synth.prior import train_prior
 
     cfg = _config(args)
-    train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], Path(args.out))
+    train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], Path(args.out), device=resolve_device(cfg["device"]))
 
 
 def cmd_class_priors(args: argparse.Namespace) -> None:
