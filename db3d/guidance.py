@@ -5,7 +5,9 @@ For a render x = g(theta) with model-space x0 = E(x) (VAE latents x scaling, or 
     t ~ U[t_lo, t_hi],  eps ~ N(0, I),  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     grad_x0 = w(t) (eps_hat(x_t, t, y; CFG) - eps)        (no backprop through the UNet)
 
-and `loss = 0.5 * ||x0 - sg(x0 - grad)||^2 / B`, whose gradient w.r.t. x0 is exactly grad / B, so
+and `loss = 0.5 * ||x0 - sg(x0 - grad)||^2 / B` (a sum over the N elements of each image, N kept in
+`elements_per_image`: the other NeRF terms are put on this scale, db3d.nerf.objective), whose
+gradient w.r.t. x0 is exactly grad / B, so
 `loss.backward()` carries the SDS gradient through the encoder (VAE for latent models, as
 stable-dreamfusion and threestudio do) and the renderer into theta; its value is not meaningful.
 
@@ -35,22 +37,24 @@ class ScoreDistillation:
 
     def __init__(self, backend: DiffusionBackend, sds_cfg: dict, total_iters: int):
         self.backend = backend
-        self.guidance_scale = float(sds_cfg.get("guidance_scale", 100.0))
-        lo, hi = (float(v) for v in sds_cfg.get("t_range", (0.02, 0.98)))
+        self.guidance_scale = float(sds_cfg["guidance_scale"])
+        lo, hi = (float(v) for v in sds_cfg["t_range"])
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"sds.t_range must satisfy 0 <= lo <= hi <= 1, got {[lo, hi]}")
         T = backend.num_train_timesteps
         self.t_min = max(int(lo * T), 1)
         self.t_max = max(min(int(hi * T), T - 1), self.t_min)
-        self.t_schedule = sds_cfg.get("t_schedule", "random")
-        self.weighting = sds_cfg.get("weighting", "sds")
+        self.t_schedule = sds_cfg["t_schedule"]
+        self.weighting = sds_cfg["weighting"]
         if self.t_schedule not in ("random", "annealed"):
             raise ValueError(f"sds.t_schedule must be random or annealed, got {self.t_schedule!r}")
         if self.weighting not in ("sds", "uniform"):
             raise ValueError(f"sds.weighting must be sds or uniform, got {self.weighting!r}")
-        self.grad_clip = float(sds_cfg.get("grad_clip", 0.0))
+        self.grad_clip = float(sds_cfg["grad_clip"])
         self.total_iters = max(int(total_iters), 1)
         self.nan_count = 0
+        # N of db3d.nerf.objective's common scale: elements of one model-space image (set by each call)
+        self.elements_per_image = 0
 
     def t_bounds(self, step: int) -> tuple[int, int]:
         """[t_lo, t_hi] (inclusive) from which this step's t is drawn."""
@@ -81,6 +85,7 @@ class ScoreDistillation:
             x0 = rendered.to(b.device) if latent else b.encode_images(rendered)
             x0 = x0.float()
         batch = x0.shape[0]
+        self.elements_per_image = int(x0[0].numel())
         with torch.no_grad():
             t = self.sample_t(batch, step, generator)
             noise = b._randn(x0.shape, generator)

@@ -154,7 +154,7 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
         view_images = F.interpolate(views["images"].float(), size=backend.image_size, mode="bilinear",
                                     antialias=True, align_corners=False).clamp(0, 1)
         images = torch.cat([images, view_images])
-        prompts = prompts + [backend.view_prompt(instance_prompt, d) for d in views["directions"]]
+        prompts = prompts + multiview_captions(db["multiview_caption"], instance_prompt, views, backend)
         steps = db["multiview_steps"]
         checkpoints = {steps: out_dir / "dreambooth_mv.safetensors"}
         losses_path = out_dir / "dreambooth_mv_losses.json"
@@ -176,15 +176,31 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
                              "num_instance_images": len(images), "instance_prompts": sorted(set(prompts))})
 
 
+def multiview_captions(mode: str, instance_prompt: str, views: dict, backend) -> list[str]:
+    """Captions of the pseudo views in the multi-view DreamBooth, view-suffixed.
+
+    `instance` (the paper's reading: stage 3 teaches the subject's identity from all around, so
+    every pseudo view is captioned as the subject, "a sks dog, back view", whatever prompt the
+    initial NeRF was made for) or `prompt` (the prompt the pseudo view was generated with, e.g.
+    "a sks dog sleeping, back view": the view stays with its recontextualisation)."""
+    if mode == "instance":
+        return [backend.view_prompt(instance_prompt, d) for d in views["directions"]]
+    if mode == "prompt":
+        return list(views["prompts"])
+    raise ConfigError(f"dreambooth.multiview_caption must be instance or prompt, got {mode!r}")
+
+
 # ---- NeRF by score distillation --------------------------------------------------------------------
 
-def _shading(cfg: dict, generator: torch.Generator, latent: bool) -> str:
-    """DreamFusion's random shading: albedo-only, textureless or Lambertian, at the set ratios."""
+def _shading(cfg: dict, generator: torch.Generator, latent: bool, step: int, iters: int) -> str:
+    """DreamFusion's random shading: albedo-only, textureless or Lambertian, at the set ratios,
+    after `nerf.shading.albedo_warmup` x iters albedo-only steps (threestudio's ambient_only_steps:
+    relighting a blob before it has a shape only teaches it to be dark)."""
     if latent:
         return "albedo"  # latent features are not colours: never shaded
     s = cfg["nerf"]["shading"]
     u = torch.rand((), generator=generator).item()
-    if u < s["albedo_ratio"]:
+    if step < s["albedo_warmup"] * iters or u < s["albedo_ratio"]:
         return "albedo"
     if u < s["albedo_ratio"] + s["textureless_ratio"]:
         return "textureless"
@@ -211,6 +227,7 @@ class NerfFit:
                  res: int | None = None, use_estimator: bool = True, sampler: str = "auto"):
         from .guidance import ScoreDistillation
         from .nerf import build_field
+        from .nerf.objective import max_weight
         from .nerf.render import make_estimator, nerfacc_cuda_available
 
         latent = stage == "latent_nerf"
@@ -225,8 +242,13 @@ class NerfFit:
         device = self.device = backend.device
         field, background = build_field(cfg["nerf"], out_channels=backend.model_channels if latent else 3)
         self.field, self.background = field.to(device), background.to(device)
-        params = list(self.field.parameters()) + list(self.background.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg["sds"]["learning_rate"], betas=(0.9, 0.99), eps=1e-15)
+        # the background learns 10x slower than the field (threestudio's dreamfusion configs: 0.001
+        # vs 0.01): a background MLP as fast as the field can paint the whole view and leave it empty
+        self.params = list(self.field.parameters()) + list(self.background.parameters())
+        self.optimizer = torch.optim.Adam(
+            [{"params": list(self.field.parameters()), "lr": cfg["sds"]["learning_rate"]},
+             {"params": list(self.background.parameters()), "lr": cfg["sds"]["background_learning_rate"]}],
+            betas=(0.9, 0.99), eps=1e-15)
         self.iters = cfg[stage]["iters"]
         self.sds = ScoreDistillation(backend, cfg["sds"], self.iters)
         default_res = backend.latent_size if latent else cfg["nerf"]["render_resolution"]
@@ -251,16 +273,22 @@ class NerfFit:
             self.estimator = make_estimator(cfg["nerf"]["bound"], device=device)
         self.sampler = sampler
         self.reg = cfg["nerf"]["regularisers"]
+        self.orientation_on = max_weight(self.reg["orientation"]) > 0
+        self.random_bg = 0.0 if latent else cfg["nerf"]["background_random_color"]
+        self.share_every = cfg["nerf"]["grad_share_every"]
         self.generator = _generator(cfg["seed"])
         self.last_info: dict = {}  # the main render's `info` of the last iteration (sampler, samples)
         self._pending: list[tuple[dict, dict, torch.Tensor]] = []  # records waiting for `flush`
 
     def iteration(self, step: int) -> tuple[torch.Tensor, dict]:
-        """One optimisation step: grid update, camera + shading draw, render, SDS (+ regularisers,
-        + stage 3's reconstruction render), Adam step. Returns (loss, the step's record), whose
-        numbers (sds, recon, loss, t) are filled in by the next `flush` (or `resume_state`).
+        """One optimisation step: grid update, camera + shading (+ random background colour) draw,
+        render, SDS + the weighted terms on SDS's scale (regularisers, stage 3's reconstruction
+        render; db3d.nerf.objective), Adam step. Every `nerf.grad_share_every` steps each term is
+        differentiated on its own (the gradient shares). Returns (loss, the step's record), whose
+        numbers (sds, recon, loss, t, grad) are filled in by the next `flush` (or `resume_state`).
         The `record_function` labels name its parts in a profile (`python -m db3d.bench.profile`)."""
         from .nerf import render, sample_cameras, view_direction
+        from .nerf.objective import term_gradients, weighted_terms
         from .nerf.render import update_estimator
 
         cfg, reg, res, latent = self.cfg, self.reg, self.res, self.latent
@@ -271,31 +299,41 @@ class NerfFit:
         cams = sample_cameras(1, cfg["nerf"]["camera"], generator)
         direction = view_direction(float(cams.azimuth_deg[0]), float(cams.elevation_deg[0]))
         cams = cams.to(self.device)
-        shading = _shading(cfg, generator, latent)
+        shading = _shading(cfg, generator, latent, step, self.iters)
+        bg_color = None
+        if self.random_bg > 0 and torch.rand((), generator=generator).item() < self.random_bg:
+            bg_color = torch.rand(3, generator=generator).to(self.device)
         with record_function("nerf.render"):
             out = render(field, background, cams, res, res, shading=shading,
                          ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
                          sampler=self.sampler, estimator=estimator, generator=generator,
-                         normals=shading != "albedo" or reg["orientation"] > 0)
+                         normals=shading != "albedo" or self.orientation_on, background_color=bg_color)
         with record_function("sds"):
             loss_sds, info = self.sds(out.image, self.cond[direction], self.uncond, step, generator=None,
                                       latent=latent, defer=True)
-        loss = loss_sds + sum(reg[k] * out.losses[k] for k in ("orientation", "opacity", "distortion")
-                              if reg[k] > 0 and k in out.losses)
-        record = {"step": step, "direction": direction, "shading": shading}
+        scale = self.sds.elements_per_image
+        terms = {"sds": loss_sds, **weighted_terms(reg, out.losses, step, self.iters, scale)}
+        images = {"sds": out.image}
+        record = {"step": step, "direction": direction, "shading": shading, "random_background": bg_color is not None}
         values = {"sds": loss_sds}
-        if self.recon_weight > 0:
+        recon_w = self.recon_weight
+        if recon_w > 0:
             i = int(torch.randint(len(self.view_cams), (1,), generator=generator))
             with record_function("nerf.recon_render"):
                 view = render(field, background, self.view_cams[i:i + 1], res, res, shading="albedo",
                               ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
                               sampler=self.sampler, estimator=estimator, generator=generator, normals=False)
             loss_recon = F.mse_loss(view.image, self.view_targets[i:i + 1])
-            loss = loss + self.recon_weight * loss_recon
+            terms["recon"] = (scale * recon_w) * loss_recon
+            images["recon"] = view.image
             values["recon"] = loss_recon
+        loss = sum(terms.values())
         with record_function("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.share_every and step % self.share_every == 0:
+                values.update(term_gradients(terms, self.params, images))
+            else:
+                loss.backward()
         with record_function("adam"):
             self.optimizer.step()
         values["loss"] = loss
@@ -308,6 +346,8 @@ class NerfFit:
     def flush(self) -> None:
         """Fill in the records `iteration` returned since the last flush (losses, t) with one
         device-to-host copy, and log any zeroed SDS gradient."""
+        from .nerf.objective import nest_shares
+
         if not self._pending:
             return
         parts = [torch.cat([torch.stack([v.detach().float() for v in values.values()]), stats])
@@ -321,6 +361,7 @@ class NerfFit:
             info = self.sds.host_info(stats, record["step"])
             record.update(zip(values, vals))
             record["t"] = _scalar(info["t"])
+            nest_shares(record)
         self._pending.clear()
 
     def state_dict(self) -> dict:
@@ -434,7 +475,9 @@ def img2img_views(cfg: dict, backend, field, background, prompt: str, *, num_vie
     n = int(num_views or s2["num_views"])
     steps = int(num_steps or s2["sample_steps"])
     cams = orbit_cameras(n, s2["radius"], s2["elevation_deg"], fov).to(backend.device)
-    res = cfg["nerf"]["render_resolution"]
+    # rendered at the resolution img2img works at (512 for sd), not the SDS render's 64 px upsampled:
+    # the encoder then sees the NeRF's own detail instead of interpolation blur
+    res = backend.image_size if s2["render_resolution"] == "backend" else int(s2["render_resolution"])
     with torch.no_grad():
         renders = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
                          num_samples=cfg["nerf"]["num_samples"], train=False, normals=False).image.clamp(0, 1)

@@ -29,7 +29,7 @@ _PRIORS = ("dreambooth.num_class_images", "dreambooth.class_sample_steps")
 _SDS = ("nerf", "sds")
 _STAGE1 = _DREAMBOOTH + _SDS + ("stage1",) + DATA_KEYS
 _STAGE2 = _STAGE1 + ("stage2",)
-_MULTIVIEW = _STAGE2 + ("dreambooth.multiview_steps",)
+_MULTIVIEW = _STAGE2 + ("dreambooth.multiview_steps", "dreambooth.multiview_caption")
 
 # For each stage: every config key its output depends on, its own and its inputs'.
 STAGE_KEYS: dict[str, tuple[str, ...]] = {

@@ -90,9 +90,9 @@ main() {
 
     if has if && [ "$(left)" -gt 100 ]; then
         budget=$(( $(left) - 60 ))
-        say "== if with LoRA r=4, CUDA graphs as config/paper.yaml + eager (time budget ${budget}s)"
-        timeout -s INT -k 20 $((budget + 40)) "$PY" -m db3d bench --config config/paper.yaml \
-            --set backend=if --set models.if=random --lora-rank 4 --name if-paper-random-lora4 \
+        say "== if as config/paper_if.yaml runs it (LoRA r=4, lr 5e-6, batch 4, SDS guidance 20) + eager (time budget ${budget}s)"
+        timeout -s INT -k 20 $((budget + 40)) "$PY" -m db3d bench --config config/paper.yaml --config config/paper_if.yaml \
+            --set models.if=random --name if-paper_if-random \
             --out "$OUT/if.tsv" --time-budget "$budget" --sds-repeats 2 ${DB3D_BENCH_ARGS:-} --sds-resolutions 64 \
             --rows start,build,db,ref,unet,sds,sds3,img2img,priors,eval,save \
             --variant "eager compile=0 rows=unet,sds"

@@ -7,7 +7,9 @@ Output, in `out_dir` (each file atomic; docs/evaluation.md):
   cosine, `db3d.eval.fidelity`) and `janus` (`db3d.eval.janus`); for the DINO model `dino_i`
   (view-photo cosine) and `janus`. `model` is the label (`ViT-B-16`, `facebook/dino-vits16`, or
   `tiny-random(...)` for the random stand-ins of the `tiny` backend, whose rows carry the note
-  `random-weight models`). A NaN value (empty cell) carries its reason in `note`.
+  `random-weight models`). A NaN value (empty cell) carries its reason in `note`. For every run
+  (`model` `opacity`): `coverage` and `collapsed` (coverage below `eval.collapse_coverage`;
+  `db3d.eval.coverage`).
 - `turntable.gif`, `contact_sheet.png`: the views the metrics were computed on.
 - `mesh.glb`, `mesh.obj`: marching-cubes mesh with albedo vertex colours (`db3d.eval.mesh`;
   geometry only for a latent NeRF).
@@ -32,6 +34,7 @@ from .table import METRIC_COLUMNS
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_NOTE = "random-weight models"
+COVERAGE_MODEL = "opacity"  # the `model` column of the coverage and collapse rows (no network involved)
 
 
 class Stopwatch:
@@ -170,6 +173,12 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
                  janus_info[dino.label]["janus"])
         dino_label = dino.label
         del dino
+
+    with clock.part("coverage"):
+        from .coverage import collapse_rows, nerf_coverage
+
+        for metric, value, note in collapse_rows(cfg, nerf_coverage(cfg, field, background, meta, device)):
+            add(metric, COVERAGE_MODEL, value, note)
 
     # synthetic subjects (object.json) have a true object: compare with it (db3d.eval.groundtruth)
     from ..synth.world import load_object

@@ -127,6 +127,7 @@ def render(
     generator: torch.Generator | None = None,
     train: bool = True,
     normals: bool = True,
+    background_color: Tensor | None = None,
 ) -> RenderOutput:
     """Render B cameras at height x width.
 
@@ -136,6 +137,8 @@ def render(
     train: stratified jitter of samples, and normals keep their graph (`create_graph`) so the
       orientation loss trains the density. `normals=False` skips normals (faster; only with
       albedo shading; normal image and orientation loss are then zero).
+    background_color: [C] or [B,C] solid colour composited instead of `background` (training's
+      random-colour background augmentation: the object must be explained by the density).
     """
     if shading not in SHADINGS:
         raise ValueError(f"shading must be one of {SHADINGS}, got {shading!r}")
@@ -192,7 +195,10 @@ def render(
     dist = sum(p[5] for p in parts) / n_rays
     n_samples = sum(int(p[6]) for p in parts)
 
-    bg = background(rays_d)
+    if background_color is None:
+        bg = background(rays_d)
+    else:
+        bg = background_color.to(comp).reshape(-1, C).expand(B, C)[cam_idx]
     image = comp + (1.0 - opacity) * bg
 
     def to_img(t: Tensor) -> Tensor:

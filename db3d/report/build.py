@@ -40,6 +40,7 @@ from ..errors import Db3dError
 from ..io import atomic_path
 from . import figures
 from .images import strip_from, subject_photos
+from .objective import objective_section
 from .select import (METRIC_LABEL, METRICS, USERSTUDY_QUESTIONS, ablation_groups, as_number, base_model,
                      is_seed_setting, metric_model, read_losses, read_userstudy, select_failure_cases, setting_params,
                      variant_depends)
@@ -776,6 +777,7 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
     fidelity = fidelity_section(main_df, present_variants, tiny) if len(main_df) else None
     janus = janus_section(main_df, present_variants, tiny) if len(main_df) else None
     groundtruth = gtm.groundtruth_section(main_df, variants, fig_dir) if len(main_df) else None
+    objective = objective_section(main_df, runs, variants, VARIANT_NAMES, fig_dir)
     toy = backend == "toy"
     prior_info = None
     if toy:
@@ -847,6 +849,7 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
         "toy_note": gtm.toy_note(prior_info) if prior_info else None,
         "prior": gtm.prior_section(prior_info, build_dir) if prior_info else None,
         "groundtruth": groundtruth,
+        "objective": objective,
         "summary": summary,
         "main_table": main_table,
         "clipt_table": clipt_table,
