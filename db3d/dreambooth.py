@@ -10,11 +10,13 @@ from a generator seeded by (seed, s), so a run is reproducible from its seed alo
 run is bit-identical to an uninterrupted one without having to restore RNG streams mid-epoch.
 
 Resume: a state (trained weights, optimiser, grad scaler, step, losses, torch RNG) is written
-atomically to `resume_path` every `resume_every_s` seconds of training (or every `resume_every`
-steps when given). By time, not steps: for full fine-tuning of SD the state is ~9.7 GiB and takes
-~13 s to write on an H100, so the old every-10-steps rule tripled the DreamBooth stage's time;
-`train` `train` continues from it when present and
-removes it once training has finished and every checkpoint is written.
+atomically to `resume_path` every `RESUME_EVERY_STEPS` steps while writing the last one took at
+most `RESUME_MAX_OVERHEAD` of the training time since it, and in any case every `resume_every_s`
+seconds (or exactly every `resume_every` steps when given). Steps, so a short job killed early does
+not restart from step 0; the overhead bound, because for full fine-tuning of SD the state is
+~9.7 GiB and takes ~13 s to write on an H100 (the old every-10-steps rule tripled the stage's
+time). `train` continues from it when present and removes it once training has finished and every
+checkpoint is written.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from .io import atomic_path, torch_load, torch_save
 log = logging.getLogger(__name__)
 
 RESUME_EVERY_S = 600.0  # at most ten minutes of DreamBooth lost to a killed job
+RESUME_EVERY_STEPS = 50  # ... and at most 50 steps where the state is cheap to write
+RESUME_MAX_OVERHEAD = 0.05  # (cheap: its last write took <= 5 % of the training time since)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -190,17 +194,21 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
     if start == 0:
         save_checkpoint(0)
     bar = tqdm(total=steps, initial=start, desc="dreambooth", file=sys.stderr, disable=not progress)
-    last_save = time.monotonic()
+    last_save, last_step, write_s = time.monotonic(), start, 0.0
     for step in range(start + 1, steps + 1):
         record = trainer.train_step(step)
         records.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         save_checkpoint(step)
-        due = (step % max(resume_every, 1) == 0) if resume_every else (time.monotonic() - last_save >= resume_every_s)
+        since = time.monotonic() - last_save
+        due = (step % max(resume_every, 1) == 0) if resume_every else (
+            since >= resume_every_s or (step - last_step >= RESUME_EVERY_STEPS and write_s <= RESUME_MAX_OVERHEAD * since))
         if resume_path is not None and due and step < steps:
-            last_save = time.monotonic()
+            t0 = time.monotonic()
             torch_save(trainer.resume_state(fingerprint, step, records), resume_path)
+            last_save, last_step = time.monotonic(), step
+            write_s = last_save - t0
     bar.close()
     backend.freeze()
     if resume_path is not None and resume_path.exists():

@@ -6,7 +6,9 @@ old file or no file, never a half-written one that Snakemake would take as done.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -80,6 +84,60 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     import torch
 
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def file_sha256(path: str | os.PathLike | None) -> str | None:
+    """Content hash of a file (None for None): a resume state's inputs are named by content."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k in sorted(obj, key=str):
+            out.update(_flat(obj[k], f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def resume_settings(**settings: Any) -> dict[str, Any]:
+    """The settings a resume state was written under, flattened to dotted keys (JSON values), so
+    that a mismatch can name the keys that changed."""
+    return _flat(json.loads(json.dumps(settings, sort_keys=True, default=_json_default)))
+
+
+def load_resume_state(path: str | os.PathLike, settings: dict[str, Any]) -> dict | None:
+    """The resume state at `path` if it was written under `settings` (`resume_settings`), else None.
+
+    A state from other settings (a changed config, other inputs), from an older format without
+    settings, or that does not load is deleted with one warning naming why: the run then starts
+    clean. Resuming it would continue another run's optimisation (or fail on mismatched shapes).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch_load(path)
+        saved = state.get("settings") if isinstance(state, dict) else None
+    except Exception as e:  # noqa: BLE001 - any unreadable state is discarded, never resumed
+        saved, state, why = None, None, f"unreadable ({type(e).__name__})"
+    else:
+        why = "written by an older version (no settings recorded)"
+    if saved is not None:
+        if saved == settings:
+            return state
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        why = "for other settings: " + ", ".join(
+            f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
+    log.warning("resume state %s %s; discarded, starting over", path, why)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def save_image(path: str | os.PathLike, image: Any) -> None:

@@ -26,7 +26,8 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from .errors import ConfigError, DataError
-from .io import atomic_path, save_image, seed_everything, torch_load, torch_save, write_json
+from .io import (atomic_path, file_sha256, load_resume_state, resume_settings, save_image, seed_everything,
+                 torch_load, torch_save, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +358,10 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     resume_path = out_dir / ".resume.pt"
     records: list[dict] = []
     start_step, elapsed = 0, 0.0
-    if resume_path.exists():
-        state = torch_load(resume_path)
+    settings = resume_settings(cfg=cfg, stage=stage, prompt=prompt.text, dreambooth=file_sha256(dreambooth_ckpt),
+                               pseudo_views=file_sha256(pseudo_views))
+    state = load_resume_state(resume_path, settings)
+    if state is not None:
         fit.load_state_dict(state)
         start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
         log.info("resuming %s from step %d", stage, start_step)
@@ -371,7 +374,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
         _, record = fit.iteration(step)
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
-            torch_save(fit.resume_state(step + 1, records, time.time() - start), resume_path)
+            torch_save({**fit.resume_state(step + 1, records, time.time() - start), "settings": settings}, resume_path)
     fit.flush()
 
     loop_time = time.time() - start
