@@ -350,8 +350,8 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     from .nerf import save_nerf
 
     seed_everything(cfg["seed"], cfg["deterministic"])
+    prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
-    prompt = _prompt(cfg, subject_dir, prompt_id)
     fit = NerfFit(cfg, stage, backend, prompt.text, pseudo_views=pseudo_views)
     device, iters = fit.device, fit.iters
 
@@ -413,8 +413,8 @@ def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: s
     from .nerf import load_nerf
 
     seed_everything(cfg["seed"], cfg["deterministic"])
+    prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
-    prompt = _prompt(cfg, subject_dir, prompt_id)
     field, background, meta = load_nerf(nerf_path)
     if meta.get("latent"):
         raise DataError(f"{nerf_path} is a latent NeRF; stage 2 needs the RGB stage-1 NeRF")
