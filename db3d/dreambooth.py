@@ -16,11 +16,15 @@ seconds (or exactly every `resume_every` steps when given). Steps, so a short jo
 not restart from step 0; the overhead bound, because for full fine-tuning of SD the state is
 ~9.7 GiB and takes ~13 s to write on an H100 (the old every-10-steps rule tripled the stage's
 time). `train` continues from it when present and removes it once training has finished and every
-checkpoint is written.
+checkpoint is written. A checkpoint written before the state (e.g. the partial model at step 150
+of 800) is kept as a hidden hard link beside it (`.<name>.resume-copy`): Snakemake deletes a
+rule's outputs before rerunning it, and a resumed run never passes that step again.
 """
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +42,19 @@ log = logging.getLogger(__name__)
 RESUME_EVERY_S = 600.0  # at most ten minutes of DreamBooth lost to a killed job
 RESUME_EVERY_STEPS = 50  # ... and at most 50 steps where the state is cheap to write
 RESUME_MAX_OVERHEAD = 0.05  # (cheap: its last write took <= 5 % of the training time since)
+
+
+def _kept(path: Path) -> Path:
+    """The hidden copy of checkpoint `path` that a resumed run restores it from."""
+    return Path(path).with_name(f".{Path(path).name}.resume-copy")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)  # free: the same file under a second name
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -182,14 +199,25 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
         if state.get("fingerprint") != fingerprint:
             log.warning("resume state %s is for other settings; starting over", resume_path)
         else:
-            trainer.load_state_dict(state)
-            start, records = int(state["step"]), list(state["records"])
-            log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
+            missing = [p for s, p in checkpoints.items() if s <= int(state["step"]) and not Path(p).exists()
+                       and not _kept(p).exists()]
+            if missing:
+                log.warning("resume state %s is past checkpoint %s, which is gone; starting over",
+                            resume_path, missing[0])
+            else:
+                trainer.load_state_dict(state)
+                start, records = int(state["step"]), list(state["records"])
+                for s, p in checkpoints.items():  # deleted by Snakemake before the rerun: restored
+                    if s <= start and not Path(p).exists():
+                        _link_or_copy(_kept(p), Path(p))
+                log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
 
     def save_checkpoint(step: int) -> None:
         if step in checkpoints:
             with atomic_path(checkpoints[step]) as tmp:
                 backend.save_finetuned(tmp)
+            if resume_path is not None and step < steps:  # a resumed run will not pass this step again
+                _link_or_copy(Path(checkpoints[step]), _kept(checkpoints[step]))
 
     if start == 0:
         save_checkpoint(0)
@@ -213,6 +241,8 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
     backend.freeze()
     if resume_path is not None and resume_path.exists():
         resume_path.unlink()
+    for p in checkpoints.values():
+        _kept(p).unlink(missing_ok=True)
     return records
 
 
