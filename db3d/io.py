@@ -1,7 +1,8 @@
 """Atomic writes, JSON/TSV/image helpers and seeding shared by every stage.
 
 Every file a rule promises is written through `atomic_path`: a crash or a kill leaves either the
-old file or no file, never a half-written one that Snakemake would take as done.
+old file or no file, never a half-written one that Snakemake would take as done (a killed write's
+temporary file is removed by the next successful write of the same file).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    started = os.stat(tmp).st_mtime
     os.unlink(tmp)  # the body creates it (file or directory)
     tmp_path = Path(tmp)
     try:
@@ -45,11 +47,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_path, path)
+        _remove_stale_temporaries(path, suffix, started)
     finally:
         if tmp_path.is_dir():
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+
+
+def _remove_stale_temporaries(path: Path, suffix: str, before: float) -> None:
+    """Temporary files of `path` begun before this write: left by a killed writer (a SIGKILL runs
+    no `finally`), half written; a resume state's can be gigabytes."""
+    import glob
+
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(suffix)}"):
+        try:
+            if stale.lstat().st_mtime >= before:
+                continue
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
