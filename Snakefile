@@ -1,7 +1,9 @@
 # DreamBooth3D as a Snakemake workflow: `snakemake --cores all reports/main.pdf`.
 # The stage graph lives in rules/*.smk; paths and per-rule configs come from db3d.workflow;
 # every rule calls `python -m db3d <command>` and writes a log under logs/.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+import db3d.config
 
 min_version("8.0")
 
@@ -9,12 +11,13 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+db3d.config.check_snakemake_config(config)  # --config strings -> schema types; one line per mistake
 
 import json
 import sys
 
 import db3d.workflow as wf
+from db3d.data.prompts import prompt_id_pattern
 from db3d.errors import Db3dError
 
 MAIN_SETTINGS = wf.main_settings(config)
@@ -32,7 +35,7 @@ ALL_SETTINGS = MAIN_SETTINGS + [s for s in ABLATION_SETTINGS if s not in MAIN_SE
 
 wildcard_constraints:
     subject=r"[A-Za-z0-9_]+",
-    prompt_id=r"[A-Za-z0-9_]+",
+    prompt_id=prompt_id_pattern(config["dataset"]["prompts_table"]),  # an unknown prompt: refused at planning
     variant=r"dreambooth3d|naive|single_stage|latent_nerf",
     cls=r"[a-z0-9_]+",
     setting=r"[A-Za-z0-9_.-]+~[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.-]+~[A-Za-z0-9_.+-]+)*",

@@ -1,8 +1,9 @@
 """The workflow configuration: one YAML file, one JSON schema, one place to read both.
 
-The Snakefile validates `config/config.yaml` with `snakemake.utils.validate` against
-`config/schema.yaml`; every `python -m db3d` command reads the resolved per-run config
-(`runs/<setting>/config.json`) through `load_config`, which validates again, so a bad value is
+The Snakefile checks its config (config files + `--config`) with `check_snakemake_config`: the
+strings Snakemake's `--config` leaves inside lists and mappings are parsed into the schema's types
+(`coerce_to_schema`), then `validate` against `config/schema.yaml`; every `python -m db3d` command
+reads the resolved per-run config through `load_config`, which validates again, so a bad value is
 caught with the same one-line message whichever way the code is entered.
 
 A *setting* names one cell of an experiment: `seed~0`, or an ablation row such as
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,10 @@ def load_schema() -> dict:
 
 
 def validate(cfg: dict, source: str = "config") -> dict:
-    """Validate `cfg` against the schema; raise ConfigError naming the key, the value and the rule."""
+    """Validate `cfg` against the schema; raise ConfigError naming the key, the value and the rule
+    in one line (the first error by key; an unknown key with the known key it is closest to)."""
+    import difflib
+
     import jsonschema
 
     schema = load_schema()
@@ -54,8 +59,90 @@ def validate(cfg: dict, source: str = "config") -> dict:
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ConfigError(f"{source}: {key}: {err.message}; fix it in the config (schema: config/schema.yaml)")
+        message = " ".join(err.message.split())
+        if err.validator == "additionalProperties":
+            known = list(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(known)) if isinstance(err.instance, dict) else []
+            message = f"unknown key(s) {', '.join(map(repr, extra))}"
+            close = difflib.get_close_matches(str(extra[0]), known, n=1) if extra else []
+            message += f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+        if len(message) > 300:
+            message = message[:297] + "..."
+        raise ConfigError(f"{source}: {key}: {message}; fix it in the config file or --config "
+                          "(schema: config/schema.yaml)")
     return cfg
+
+
+def coerce_to_schema(value: Any, schema: dict | None = None, root: dict | None = None) -> Any:
+    """`value` with strings parsed into the numbers and booleans the schema asks for, recursively.
+
+    Why: Snakemake parses `--config` values with YAML's BaseLoader inside lists and mappings, so
+    `--config 'seeds=[0,1,2]'` arrives as ["0", "1", "2"] (and `dataset={"min_images": 4}` as
+    "4"). A string that does not parse as the asked type is left as it is, for `validate` to name.
+    """
+    root = load_schema() if root is None else root
+    schema = root if schema is None else schema
+    if "$ref" in schema:  # only local refs: "#/definitions/name"
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        return coerce_to_schema(value, node, root)
+    for combinator in ("oneOf", "anyOf"):
+        if combinator in schema:
+            import jsonschema
+
+            for option in schema[combinator]:
+                candidate = coerce_to_schema(value, option, root)
+                if jsonschema.Draft202012Validator(dict(option, definitions=root.get("definitions", {}))).is_valid(candidate):
+                    return candidate
+            return value
+    kind = schema.get("type")
+    if isinstance(value, dict) and kind == "object":
+        props = schema.get("properties", {})
+        return {k: coerce_to_schema(v, props[k], root) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and kind == "array" and isinstance(schema.get("items"), dict):
+        return [coerce_to_schema(v, schema["items"], root) for v in value]
+    if isinstance(value, str) and kind == "boolean":
+        word = value.strip().lower()
+        return word == "true" if word in ("true", "false") else value
+    if isinstance(value, str) and kind in ("integer", "number"):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if not math.isfinite(number):
+            return value
+        return int(number) if kind == "integer" and number.is_integer() else number
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "string":
+        return str(value)  # `--config device=0`-style: a top-level number where a name is asked for
+    return value
+
+
+def check_snakemake_config(config: dict) -> None:
+    """The Snakefile's config check: coerce `--config` strings by the schema (in place), validate,
+    and stop the run with one line (`db3d: error: ...`, exit 1) on a bad value."""
+    coerced = coerce_to_schema(config)
+    config.clear()
+    config.update(coerced)
+    try:
+        validate(config, "config")
+    except ConfigError as e:
+        raise SystemExit(f"db3d: error: {e}") from None
+
+
+def parse_seed(value: Any, where: str = "seed") -> int:
+    """A seed from the command line or a setting (`seed~1`): a non-negative integer, else one line."""
+    try:
+        seed = coerce_to_schema(value, {"type": "integer"})
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}={value!r}: a seed is a non-negative integer, e.g. --set seed=1") from None
+    return seed
 
 
 def load_config(path: str | Path | list | tuple | None = None, overrides: dict[str, Any] | None = None) -> dict:
@@ -80,7 +167,7 @@ def load_config(path: str | Path | list | tuple | None = None, overrides: dict[s
     seed = (overrides or {}).get("seed", seed)
     validate(cfg, str(path))
     # a command run by hand gets the first of the config's seeds unless told otherwise
-    cfg["seed"] = int(seed) if seed is not None else int(cfg["seeds"][0])
+    cfg["seed"] = parse_seed(seed) if seed is not None else int(cfg["seeds"][0])
     return cfg
 
 
@@ -177,5 +264,5 @@ def setting_config(base: dict, setting: str, check: bool = True) -> dict:
     cfg = apply_overrides({k: v for k, v in base.items() if k != "seed"}, overrides)
     if check:
         validate(cfg, f"setting {setting}")
-    cfg["seed"] = int(overrides.get("seed", base.get("seeds", [0])[0]))
+    cfg["seed"] = parse_seed(overrides.get("seed", base.get("seeds", [0])[0]), f"setting {setting}: seed")
     return cfg

@@ -10,15 +10,21 @@ from a generator seeded by (seed, s), so a run is reproducible from its seed alo
 run is bit-identical to an uninterrupted one without having to restore RNG streams mid-epoch.
 
 Resume: a state (trained weights, optimiser, grad scaler, step, losses, torch RNG) is written
-atomically to `resume_path` every `resume_every_s` seconds of training (or every `resume_every`
-steps when given). By time, not steps: for full fine-tuning of SD the state is ~9.7 GiB and takes
-~13 s to write on an H100, so the old every-10-steps rule tripled the DreamBooth stage's time;
-`train` `train` continues from it when present and
-removes it once training has finished and every checkpoint is written.
+atomically to `resume_path` every `RESUME_EVERY_STEPS` steps while writing the last one took at
+most `RESUME_MAX_OVERHEAD` of the training time since it, and in any case every `resume_every_s`
+seconds (or exactly every `resume_every` steps when given). Steps, so a short job killed early does
+not restart from step 0; the overhead bound, because for full fine-tuning of SD the state is
+~9.7 GiB and takes ~13 s to write on an H100 (the old every-10-steps rule tripled the stage's
+time). `train` continues from it when present and removes it once training has finished and every
+checkpoint is written. A checkpoint written before the state (e.g. the partial model at step 150
+of 800) is kept as a hidden hard link beside it (`.<name>.resume-copy`): Snakemake deletes a
+rule's outputs before rerunning it, and a resumed run never passes that step again.
 """
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +40,21 @@ from .io import atomic_path, torch_load, torch_save
 log = logging.getLogger(__name__)
 
 RESUME_EVERY_S = 600.0  # at most ten minutes of DreamBooth lost to a killed job
+RESUME_EVERY_STEPS = 50  # ... and at most 50 steps where the state is cheap to write
+RESUME_MAX_OVERHEAD = 0.05  # (cheap: its last write took <= 5 % of the training time since)
+
+
+def _kept(path: Path) -> Path:
+    """The hidden copy of checkpoint `path` that a resumed run restores it from."""
+    return Path(path).with_name(f".{Path(path).name}.resume-copy")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)  # free: the same file under a second name
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -178,33 +199,50 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
         if state.get("fingerprint") != fingerprint:
             log.warning("resume state %s is for other settings; starting over", resume_path)
         else:
-            trainer.load_state_dict(state)
-            start, records = int(state["step"]), list(state["records"])
-            log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
+            missing = [p for s, p in checkpoints.items() if s <= int(state["step"]) and not Path(p).exists()
+                       and not _kept(p).exists()]
+            if missing:
+                log.warning("resume state %s is past checkpoint %s, which is gone; starting over",
+                            resume_path, missing[0])
+            else:
+                trainer.load_state_dict(state)
+                start, records = int(state["step"]), list(state["records"])
+                for s, p in checkpoints.items():  # deleted by Snakemake before the rerun: restored
+                    if s <= start and not Path(p).exists():
+                        _link_or_copy(_kept(p), Path(p))
+                log.info("resuming DreamBooth from step %d (%s)", start, resume_path)
 
     def save_checkpoint(step: int) -> None:
         if step in checkpoints:
             with atomic_path(checkpoints[step]) as tmp:
                 backend.save_finetuned(tmp)
+            if resume_path is not None and step < steps:  # a resumed run will not pass this step again
+                _link_or_copy(Path(checkpoints[step]), _kept(checkpoints[step]))
 
     if start == 0:
         save_checkpoint(0)
     bar = tqdm(total=steps, initial=start, desc="dreambooth", file=sys.stderr, disable=not progress)
-    last_save = time.monotonic()
+    last_save, last_step, write_s = time.monotonic(), start, 0.0
     for step in range(start + 1, steps + 1):
         record = trainer.train_step(step)
         records.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         save_checkpoint(step)
-        due = (step % max(resume_every, 1) == 0) if resume_every else (time.monotonic() - last_save >= resume_every_s)
+        since = time.monotonic() - last_save
+        due = (step % max(resume_every, 1) == 0) if resume_every else (
+            since >= resume_every_s or (step - last_step >= RESUME_EVERY_STEPS and write_s <= RESUME_MAX_OVERHEAD * since))
         if resume_path is not None and due and step < steps:
-            last_save = time.monotonic()
+            t0 = time.monotonic()
             torch_save(trainer.resume_state(fingerprint, step, records), resume_path)
+            last_save, last_step = time.monotonic(), step
+            write_s = last_save - t0
     bar.close()
     backend.freeze()
     if resume_path is not None and resume_path.exists():
         resume_path.unlink()
+    for p in checkpoints.values():
+        _kept(p).unlink(missing_ok=True)
     return records
 
 

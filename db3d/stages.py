@@ -26,7 +26,8 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from .errors import ConfigError, DataError
-from .io import atomic_path, save_image, seed_everything, torch_load, torch_save, write_json
+from .io import (atomic_path, file_sha256, load_resume_state, resume_settings, save_image, seed_everything,
+                 torch_load, torch_save, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -390,16 +391,18 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     from .nerf import save_nerf
 
     seed_everything(cfg["seed"], cfg["deterministic"])
+    prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
-    prompt = _prompt(cfg, subject_dir, prompt_id)
     fit = NerfFit(cfg, stage, backend, prompt.text, pseudo_views=pseudo_views)
     device, iters = fit.device, fit.iters
 
     resume_path = out_dir / ".resume.pt"
     records: list[dict] = []
     start_step, elapsed = 0, 0.0
-    if resume_path.exists():
-        state = torch_load(resume_path)
+    settings = resume_settings(cfg=cfg, stage=stage, prompt=prompt.text, dreambooth=file_sha256(dreambooth_ckpt),
+                               pseudo_views=file_sha256(pseudo_views))
+    state = load_resume_state(resume_path, settings)
+    if state is not None:
         fit.load_state_dict(state)
         start_step, records, elapsed = state["step"], state["records"], state["elapsed"]
         log.info("resuming %s from step %d", stage, start_step)
@@ -412,7 +415,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
         _, record = fit.iteration(step)
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
-            torch_save(fit.resume_state(step + 1, records, time.time() - start), resume_path)
+            torch_save({**fit.resume_state(step + 1, records, time.time() - start), "settings": settings}, resume_path)
     fit.flush()
 
     loop_time = time.time() - start
@@ -451,8 +454,8 @@ def pseudo_views(cfg: dict, nerf_path: Path, dreambooth_ckpt: Path, prompt_id: s
     from .nerf import load_nerf
 
     seed_everything(cfg["seed"], cfg["deterministic"])
+    prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
-    prompt = _prompt(cfg, subject_dir, prompt_id)
     field, background, meta = load_nerf(nerf_path)
     if meta.get("latent"):
         raise DataError(f"{nerf_path} is a latent NeRF; stage 2 needs the RGB stage-1 NeRF")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,10 +180,12 @@ def test_view_prompt(backend):
 @pytest.mark.parametrize("backend_name,model", [
     ("sd", "nonexistent-org/no-such-sd-model"),
     ("sd", "/nonexistent/folder/sd21"),
+    ("sd", "models/sd21"),  # relative, below the repository's models/: a missing folder, not a hub id
     ("if", "nonexistent-org/no-such-if-model"),
 ])
 def test_missing_model_is_one_line(tiny_cfg, monkeypatch, backend_name, model):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     cfg = dict(tiny_cfg, backend=backend_name, models=dict(tiny_cfg["models"], **{backend_name: model}))
     t0 = time.perf_counter()
     with pytest.raises(ModelNotFoundError) as info:
@@ -193,6 +196,8 @@ def test_missing_model_is_one_line(tiny_cfg, monkeypatch, backend_name, model):
     label = "Stable Diffusion" if backend_name == "sd" else "DeepFloyd IF"
     assert label in msg and model.rstrip("/").split("/")[-1] in msg
     assert "HF_HUB_OFFLINE" in msg and f"models.{backend_name}" in msg and "huggingface-cli download" in msg
+    if "/" in model and not model.startswith("nonexistent-org"):
+        assert f"tried local folder {model} (no such folder)" in msg and f"--local-dir {model}" in msg
     exc = info.value  # no chained traceback behind the one line
     assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
 

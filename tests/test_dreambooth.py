@@ -126,6 +126,50 @@ def test_resume_matches_uninterrupted(tiny_cfg, data, tmp_path):
     assert not resume.exists()  # removed once finished
 
 
+def test_resume_restores_a_checkpoint_snakemake_deleted(tiny_cfg, data, tmp_path):
+    """Snakemake deletes a rule's outputs before rerunning it; a run resumed past the partial
+    checkpoint's step restores it (from its hidden hard link), equal to the uninterrupted one's."""
+    ckpts = lambda d: {2: d / "partial.safetensors", 6: d / "full.safetensors"}  # noqa: E731
+    straight = tmp_path / "straight"
+    run(fresh(tiny_cfg), data, steps=6, checkpoints=ckpts(straight))
+    crashing, calls = fresh(tiny_cfg), {"n": 0}
+    original = crashing.training_loss
+
+    def crash_at_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return original(*args, **kwargs)
+
+    crashing.training_loss = crash_at_step_5
+    out, resume = tmp_path / "resumed", tmp_path / "resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(crashing, data, steps=6, checkpoints=ckpts(out), resume_path=resume, resume_every=2)
+    (out / "partial.safetensors").unlink()  # what Snakemake does before the rerun
+    run(fresh(tiny_cfg), data, steps=6, checkpoints=ckpts(out), resume_path=resume, resume_every=2)
+    for name in ("partial.safetensors", "full.safetensors"):
+        assert same(load_file(out / name), load_file(straight / name)), name
+    assert sorted(p.name for p in out.iterdir()) == ["full.safetensors", "partial.safetensors"]  # no copies left
+
+
+def test_default_policy_writes_resume_states_by_steps_while_cheap(tiny_cfg, data, tmp_path, monkeypatch):
+    """A short job (far under RESUME_EVERY_S) still leaves a resume state every RESUME_EVERY_STEPS
+    steps, so a kill does not send it back to step 0; the saves stop while one costs more than
+    RESUME_MAX_OVERHEAD of the training time since the last."""
+    monkeypatch.setattr(dreambooth, "RESUME_EVERY_STEPS", 2)
+    saved = []
+    real_save = dreambooth.torch_save
+    monkeypatch.setattr(dreambooth, "torch_save", lambda obj, path: (saved.append(obj["step"]), real_save(obj, path)))
+    resume = tmp_path / "resume.pt"
+    monkeypatch.setattr(dreambooth, "RESUME_MAX_OVERHEAD", float("inf"))  # every write is cheap enough
+    run(fresh(tiny_cfg), data, steps=7, resume_path=resume, resume_every=None)
+    assert saved == [2, 4, 6] and not resume.exists()
+    saved.clear()
+    monkeypatch.setattr(dreambooth, "RESUME_MAX_OVERHEAD", 0.0)  # any write is too dear: only the first
+    run(fresh(tiny_cfg), data, steps=7, resume_path=resume, resume_every=None)
+    assert saved == [2]
+
+
 def test_multiview_prompts_and_class_images(tiny_cfg, data):
     b = fresh(tiny_cfg, "pixel")
     prompts = [b.view_prompt("a sks dog", d) for d in ("front", "side", "back")]

@@ -156,6 +156,73 @@ def test_killed_nerf_run_resumes_to_the_same_result(trained, monkeypatch):
     assert la == pytest.approx(lb, rel=1e-5)
 
 
+@pytest.mark.parametrize("change", ["sds.guidance_scale=50.0", "stage1.iters=2", "nerf.hidden_dim=16"])
+def test_a_resume_state_from_other_settings_is_discarded_with_one_line(trained, monkeypatch, caplog, change):
+    """Killed, then the config changed: the rerun starts clean (equal to a clean run of the new
+    config), says so in one line, and never resumes the old state, fails on it or reports
+    negative it/s (issue 22: guidance 100 -> 50 resumed silently, iters 150 -> 20 gave -3564 it/s,
+    hidden_dim 32 -> 16 a traceback on every rerun)."""
+    import shutil
+
+    cfg, run_dir = small_config(), trained
+    cfg["stage1"]["iters"] = 6
+    monkeypatch.setattr(stages, "RESUME_EVERY", 3)
+    subject, pid = run_dir / "data" / "dog", first_prompt_id(cfg)
+    ckpt = run_dir / "db" / "partial.safetensors"
+    old = run_dir / "old_settings"
+    if not (old / ".resume.pt").exists():  # a run of the old settings killed after its state at step 3
+        real_step = torch.optim.Adam.step
+        calls = {"n": 0}
+
+        def dying_step(self, *a, **k):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt("killed")
+            return real_step(self, *a, **k)
+
+        monkeypatch.setattr(torch.optim.Adam, "step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            stages.fit_nerf(cfg, "stage1", ckpt, pid, subject, old)
+        monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    key, value = change.split("=")
+    section, name = key.split(".")
+    new = copy.deepcopy(cfg)
+    new[section][name] = type(cfg[section][name])(float(value))
+    out = run_dir / f"changed_{section}_{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    shutil.copy(old / ".resume.pt", out / ".resume.pt")
+    with caplog.at_level("WARNING", logger="db3d.io"):
+        stages.fit_nerf(new, "stage1", ckpt, pid, subject, out)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{key} " in warnings[0] and "discarded" in warnings[0], warnings
+    clean = run_dir / f"clean_{section}_{name}"
+    stages.fit_nerf(new, "stage1", ckpt, pid, subject, clean)
+    a, b = torch_load(out / "nerf.pt"), torch_load(clean / "nerf.pt")
+    assert a["field"]["config"] == b["field"]["config"]
+    for k, v in a["field"]["state"].items():
+        assert torch.equal(v, b["field"]["state"][k]), k
+    losses = read_json(out / "losses.json")
+    assert len(losses["steps"]) == new["stage1"]["iters"] and losses["perf"]["iters_per_s"] > 0
+    assert not (out / ".resume.pt").exists()
+
+
+def test_an_unreadable_resume_state_is_discarded(tmp_path, caplog):
+    from db3d.io import load_resume_state, resume_settings, torch_save
+
+    settings = resume_settings(cfg={"a": {"b": 1}}, stage="stage1")
+    assert settings == {"cfg.a.b": 1, "stage": "stage1"}
+    path = tmp_path / ".resume.pt"
+    torch_save({"step": 3, "settings": settings}, path)
+    assert load_resume_state(path, settings)["step"] == 3  # the same settings: resumed
+    path.write_bytes(path.read_bytes()[:20])  # cut short (not by our atomic writes: by a full disk, a copy)
+    with caplog.at_level("WARNING", logger="db3d.io"):
+        assert load_resume_state(path, settings) is None
+    assert not path.exists() and "unreadable" in caplog.text
+    torch_save({"step": 3}, path)  # a state of the format before settings were recorded
+    assert load_resume_state(path, settings) is None and not path.exists()
+
+
 def test_partial_equal_to_full_writes_both_checkpoints(run_dir):
     """The naive case of the partial_steps ablation (partial = full) still gives partial.safetensors."""
     cfg = small_config()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -529,6 +530,10 @@ def test_answers_are_idempotent_and_resume(app_study):
     ({"json": {"trial_id": "nope:subject", "choice": "left"}}, 404),
     ({"json": {"trial_id": "TRIAL", "choice": "left", "pad": "x" * 20000}}, 413),
     ({"data": "x" * (1 << 20), "content_type": "application/json"}, 413),
+    # nested past the JSON parser's recursion limit (16 KB, under the size limit): RecursionError
+    ({"data": '{"trial_id": ' + "[" * 8000 + "]" * 8000 + "}", "content_type": "application/json"}, 400),
+    ({"data": "[" * 8000, "content_type": "application/json"}, 400),
+    ({"data": b'{"trial_id": "\xff\xfe", "choice": "left"}', "content_type": "application/json"}, 400),
 ])
 def test_malformed_and_oversized_answers_get_4xx(app_study, kwargs, code):
     app, out, m = app_study
@@ -537,7 +542,7 @@ def test_malformed_and_oversized_answers_get_4xx(app_study, kwargs, code):
     trial = design.rater_schedule(m, 0)[0]["public_id"]
     if "json" in kwargs:
         kwargs = {"json": {k: (trial if v == "TRIAL" else v) for k, v in kwargs["json"].items()}}
-    elif "data" in kwargs:
+    elif isinstance(kwargs.get("data"), str):
         kwargs = dict(kwargs, data=kwargs["data"].replace("TRIAL", trial))
     r = c.post(f"/api/r/{tok}/answer", **kwargs)
     assert r.status_code == code
@@ -612,15 +617,45 @@ def test_media_route_serves_only_study_media(app_study):
         assert c.get(bad).status_code == 404, bad
 
 
-def test_internal_errors_are_500_json_and_the_server_keeps_going(app_study, monkeypatch):
+def test_internal_errors_are_500_json_and_the_server_keeps_going(app_study, monkeypatch, caplog):
     app, out, m = app_study
     c = app.test_client()
     store = app.extensions["db3d_store"]
-    monkeypatch.setattr(store, "record_answer", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    tok, admin = _tok(out, 0), design.read_admin_token(out)
+
+    def fail(secret):  # a bug whose message carries the secret the request came with
+        def raise_(*a, **k):
+            raise RuntimeError(f"disk on fire while serving {secret}")
+        return raise_
+
+    monkeypatch.setattr(store, "record_answer", fail(tok))
+    monkeypatch.setattr(store, "progress", fail(admin))
     t = design.rater_schedule(m, 0)[0]
-    r = c.post(f"/api/r/{_tok(out, 0)}/answer", json={"trial_id": t["public_id"], "choice": "left"})
-    assert r.status_code == 500 and r.get_json() == {"error": "internal error", "code": 500}
-    assert c.get(f"/api/r/{_tok(out, 0)}/next").status_code == 200
+    with caplog.at_level(logging.DEBUG):
+        r = c.post(f"/api/r/{tok}/answer", json={"trial_id": t["public_id"], "choice": "left"})
+        assert r.status_code == 500 and r.get_json() == {"error": "internal error", "code": 500}
+        assert c.get(f"/admin/status?token={admin}").status_code == 500
+        assert c.post(f"/api/r/{tok}/answer", data="[" * 8000, content_type="application/json").status_code == 400
+    logged = caplog.text
+    assert "disk on fire" in logged and "/api/r/<token>/answer" in logged  # the error is logged ...
+    assert tok not in logged and admin not in logged  # ... without a token
+    assert c.get(f"/api/r/{tok}/next").status_code == 200
+
+
+def test_the_answer_database_and_its_wal_files_are_owner_only(app_study, tmp_path):
+    app, out, m = app_study
+    c = app.test_client()
+    t = design.rater_schedule(m, 0)[0]
+    assert c.post(f"/api/r/{_tok(out, 0)}/answer", json={"trial_id": t["public_id"], "choice": "left"}).status_code == 200
+    files = sorted(out.glob(design.DB_NAME + "*"))
+    assert [f.name for f in files] == [design.DB_NAME, design.DB_NAME + "-shm", design.DB_NAME + "-wal"]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+    # a database left world-readable by an older version is tightened when opened
+    old = tmp_path / "old.sqlite"
+    Store(old).close()
+    old.chmod(0o644)
+    Store(old).close()
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
 
 
 def test_answers_are_pinned_to_the_manifest(app_study):

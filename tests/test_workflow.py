@@ -126,6 +126,57 @@ def test_bad_config_value_is_one_line_naming_the_key(tmp_path):
     assert "recon_weight" in res.stdout + res.stderr
 
 
+def test_config_strings_are_parsed_by_the_schema():
+    """Snakemake's --config leaves every value inside a list or mapping a string (YAML BaseLoader);
+    the schema says what each is. Strings the schema asks for stay strings."""
+    from db3d.config import coerce_to_schema
+
+    given = {"seeds": ["0", "1", "2"], "deterministic": "false", "device": 0,
+             "dataset": {"min_images": "4", "subjects": "all", "source": "123"},
+             "sds": {"t_range": ["0.1", "0.9"], "guidance_scale": "7.5"}, "dreambooth": {"learning_rate": "1e-4"},
+             "stage1": {"iters": "20.0"}, "report": {"title": "2026"}, "nerf": {"hidden_dim": "abc"}}
+    assert coerce_to_schema(given) == {
+        "seeds": [0, 1, 2], "deterministic": False, "device": "0",
+        "dataset": {"min_images": 4, "subjects": "all", "source": "123"},
+        "sds": {"t_range": [0.1, 0.9], "guidance_scale": 7.5}, "dreambooth": {"learning_rate": 1e-4},
+        "stage1": {"iters": 20}, "report": {"title": "2026"}, "nerf": {"hidden_dim": "abc"}}  # left for validate
+
+
+@pytest.mark.parametrize("value,error", [
+    ("seeds=[0,1]", None),  # the README's form: was "'0' is not of type 'integer'"
+    ('sds={"guidance_scale": 7.5}', None),
+    ("seeds=[0,-1]", "config: seeds.1: -1 is less than the minimum of 0"),
+    ('dataset={"prompts_per_subject": -1}', "dataset.prompts_per_subject: -1 is less than the minimum of 1"),
+    ('nerf={"hidden_dim": "abc"}', "nerf.hidden_dim: 'abc' is not of type 'integer'"),
+    ("seedz=[0]", "unknown key(s) 'seedz' (did you mean 'seeds'?)"),  # was the whole schema, 363 lines
+])
+def test_snakemake_config_values_are_checked_in_one_line(value, error):
+    res = snakemake("-n", "--quiet", "rules", "--config", value)
+    if error is None:
+        assert res.returncode == 0, res.stderr
+        return
+    errors = [line for line in res.stderr.splitlines() if "rror" in line or "Traceback" in line]
+    assert res.returncode == 1 and errors == [errors[0]] and errors[0].startswith("db3d: error: "), res.stderr
+    assert error in errors[0] and "fix it" in errors[0]
+
+
+def test_a_bad_seed_is_one_line(capsys):
+    from db3d.cli import main
+
+    assert main(["toy-prior", "--set", "seed=abc", "--out", "unused"]) == 2  # was a ValueError traceback
+    err = capsys.readouterr().err.strip()
+    assert err == "db3d: error: seed='abc': a seed is a non-negative integer, e.g. --set seed=1"
+    with pytest.raises(ConfigError, match="setting seed~-1: seed='-1'"):
+        wf.resolved(load_config(), "seed~-1")
+
+
+def test_an_unknown_prompt_id_is_refused_while_planning():
+    res = snakemake("-n", "runs/seed~0/mug_red/nosuch/stage1/nerf.pt")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "No rule to produce runs/seed~0/mug_red/nosuch/stage1/nerf.pt" in out
+    assert "Job stats" not in out
+
+
 def test_set_without_equals_is_one_line_naming_the_argument(capsys):
     from db3d.cli import main
     from db3d.config import parse_overrides

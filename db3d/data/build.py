@@ -118,18 +118,6 @@ def list_photos(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def local_photos(source: str | os.PathLike, subject: str) -> list[str]:
-    """The subject's photos when `source` is a local folder, else []: Snakemake's input files.
-
-    A URL source has nothing to check before the clone, and a missing folder is reported by the
-    build itself (with the fix), so neither is an error here.
-    """
-    folder = Path(source) / subject
-    if is_git_url(source) or not folder.is_dir():
-        return []
-    return [str(p) for p in list_photos(folder)]
-
-
 # ---- one photo ----------------------------------------------------------------------------------
 
 def read_photo(path: Path) -> Photo:

@@ -272,6 +272,17 @@ def subject_prompt_ids(prompts_path: str | Path, subject: str, n: int) -> list[s
     return ids[:n]
 
 
+def prompt_id_pattern(prompts_path: str | Path, default: str = r"[A-Za-z0-9_]+") -> str:
+    """The Snakefile's `prompt_id` wildcard constraint: the ids of the prompt table, so a target
+    naming an unknown prompt is refused while Snakemake plans ("No rule to produce ..."), before
+    any upstream job runs. `default` when the table does not load (its own error comes later)."""
+    try:
+        ids = sorted(set(load_prompts(prompts_path)["prompt_id"]))
+    except (OSError, DataError, KeyError):
+        return default
+    return "|".join(map(re.escape, ids)) or default
+
+
 def get_prompt(prompts_path: str | Path, subjects_path: str | Path, subject: str, prompt_id: str) -> Prompt:
     """The filled prompt `prompt_id` of `subject` (token and class noun from the subject table)."""
     info = subject_row(subjects_path, subject)

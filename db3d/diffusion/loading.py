@@ -50,22 +50,26 @@ def hub_offline() -> bool:
 def model_not_found(label: str, config_key: str, model_id: str, reason: str = "") -> ModelNotFoundError:
     """The one-line error for a model that cannot be loaded (names model, location, remedies)."""
     local = Path(model_id).expanduser()
-    where = f"local folder {local}" if _looks_like_path(model_id) else f"hub id {model_id!r}"
-    mode = " with HF_HUB_OFFLINE=1 (cache only)" if hub_offline() else ""
+    is_path = _looks_like_path(model_id)
+    where = f"local folder {local}" if is_path else f"hub id {model_id!r}"
+    mode = " with HF_HUB_OFFLINE=1 (cache only)" if hub_offline() and not is_path else ""
     reason = " ".join(str(reason).split())[:200]
     why = f" ({reason})" if reason else ""
     licence = (" (accept the licence on its model page and `huggingface-cli login` first)"
                if config_key == "if" else "")
     return ModelNotFoundError(
         f"{label} model not found: tried {where}{mode}{why}; provide it with "
-        f"`huggingface-cli download {model_id if not _looks_like_path(model_id) else '<hub id>'}`{licence} "
+        f"`huggingface-cli download {'<hub id> --local-dir ' + model_id if is_path else model_id}`{licence} "
         f"and run with HF_HUB_OFFLINE=1, or set models.{config_key} in the config to a local folder in "
         f"diffusers layout, or models.{config_key}: random for random weights (benchmarks only)")
 
 
 def _looks_like_path(model_id: str) -> bool:
-    """A folder (absolute, relative, existing, or anything that is not `org/name`) vs a hub id."""
-    return (model_id.startswith(("/", ".", "~")) or Path(model_id).expanduser().exists()
+    """A folder (absolute, relative, existing, below an existing folder such as `models/sd21`, or
+    anything that is not `org/name`) vs a hub id: an `org/name` whose `org` is a local folder is a
+    missing folder, not a download."""
+    path = Path(model_id).expanduser()
+    return (model_id.startswith(("/", ".", "~")) or path.exists() or path.parent.is_dir() and str(path.parent) != "."
             or not _HUB_ID.match(model_id))
 
 

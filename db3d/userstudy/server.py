@@ -15,8 +15,10 @@ Routes
 
 A rater only ever reaches their own session: the token picks the rater, the trial must be one of
 that rater's schedule (404 otherwise), the body names nothing else (unknown keys: 400). Nothing a
-rater can reach shows another rater's answers or any result. Malformed JSON: 400, not JSON: 415,
-bodies over `max_content_length`: 413 - all as JSON, never a crash.
+rater can reach shows another rater's answers or any result. Malformed JSON (nested past the
+parser's depth included): 400, not JSON: 415, bodies over `max_content_length`: 413 - all as JSON,
+never a crash. No log line holds a token: the path of a rater route is logged as `/r/<token>`, and
+an unexpected error's traceback has the request's tokens replaced.
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ import hashlib
 import hmac
 import csv
 import io
+import json
 import logging
 import re
 import threading
+import traceback
 from pathlib import Path
 
 from ..errors import Db3dError
@@ -42,12 +46,27 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MEDIA_RE = re.compile(r"[0-9a-f]{20}\.(gif|png)")
 ANSWER_KEYS = {"trial_id", "choice", "ms"}
 MAX_NEW_RATERS = 1000
+RATER_PATH_RE = re.compile(r"(/r/)[^/?#]*")
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def manifest_sha256(study_dir: Path) -> str:
     return hashlib.sha256((Path(study_dir) / design.MANIFEST).read_bytes()).hexdigest()
+
+
+def loggable_path(path: str) -> str:
+    """`path` with a rater token replaced (`/api/r/<token>/answer`): a token is a rater's password."""
+    return RATER_PATH_RE.sub(r"\1<token>", path)
+
+
+def json_body(request) -> object:
+    """The request's JSON body, or None when it does not parse (bad syntax, bad UTF-8, or nested
+    deeper than the parser recurses: Python's json raises RecursionError, not ValueError)."""
+    try:
+        return json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError):
+        return None
 
 
 def open_store(study_dir: str | Path, db_path: str | Path | None = None) -> Store:
@@ -137,7 +156,12 @@ def create_app(study_dir: str | Path, db_path: str | Path | None = None, admin_t
 
     @app.errorhandler(Exception)
     def server_error(e: Exception):  # a bug: logged with its traceback, answered as a 500, server stays up
-        log.exception("userstudy: unhandled error on %s %s", request.method, request.path)
+        tb = traceback.format_exc()
+        for secret in (*(request.view_args or {}).values(), request.args.get("token"), admin_token,
+                       request.headers.get("X-Admin-Token"), request.headers.get("Authorization")):
+            if isinstance(secret, str) and secret:
+                tb = tb.replace(secret, "<redacted>")
+        log.error("userstudy: unhandled error on %s %s\n%s", request.method, loggable_path(request.path), tb)
         if api_path():
             return jsonify(error="internal error", code=500), 500
         return render_template("message.html", title="500 Internal Server Error",
@@ -181,7 +205,7 @@ def create_app(study_dir: str | Path, db_path: str | Path | None = None, admin_t
         rater = rater_or_404(token)
         if not request.is_json:
             abort(415, description="send the answer as application/json")
-        data = request.get_json(silent=True)
+        data = json_body(request)
         if not isinstance(data, dict):
             abort(400, description="the body must be a JSON object {trial_id, choice, ms}")
         extra = set(data) - ANSWER_KEYS
@@ -236,7 +260,7 @@ def create_app(study_dir: str | Path, db_path: str | Path | None = None, admin_t
     @app.post("/admin/raters")
     def admin_raters():
         require_admin()
-        data = request.get_json(silent=True) if request.content_length else {}
+        data = json_body(request) if request.content_length else {}
         if data is None or not isinstance(data, dict) or set(data) - {"count"}:
             abort(400, description="body: JSON object {count}")
         count = data.get("count", 1)

@@ -3,7 +3,8 @@
 Every answer is one `BEGIN IMMEDIATE ... COMMIT` transaction; the key (rater_id, trial_id) makes a
 repeated submission idempotent: the first answer stays, a repeat with the same choice is reported
 as a duplicate, one with another choice as a conflict (nothing is overwritten). Tokens are kept as
-SHA-256 hashes only. Each thread gets its own connection (SQLite connections are not shared
+SHA-256 hashes only. The file is the raters' answers: it is created 0600 (as the token files),
+and SQLite gives its -wal/-shm files the database file's mode. Each thread gets its own connection (SQLite connections are not shared
 across threads); writers wait for each other through `busy_timeout`.
 
 Tables
@@ -16,6 +17,7 @@ Tables
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -57,6 +59,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _private(db: Path) -> None:
+    """Create `db` owner-only (0600) before SQLite opens it; tighten a database (and its WAL/SHM
+    files) left readable by an older version."""
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            p.chmod(0o600)
+
+
 class Store:
     """Thread-safe access to one study's SQLite file."""
 
@@ -67,6 +78,7 @@ class Store:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         con = self._con()
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
