@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the pinned CPU environment in .venv and installs db3d into it.
 # Idempotent: the environment is rebuilt only when envs/requirements-cpu.txt or this script changes.
-# `--tests` also installs what the tests need beyond Python (headless Chromium, envs/setup-browser.sh).
+# `--tests` also installs what the tests need beyond Python: headless Chromium (envs/setup-browser.sh)
+# and Slurm + munge for the real single-node Slurm test (envs/setup-slurm.sh).
 # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports on a CPU machine
 # (PyPI's torchvision breaks beside the torch 2.13.0 CPU wheel) and open_clip needs torchvision.
 set -euo pipefail
@@ -25,4 +26,5 @@ fi
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' || true
 if [ "${1:-}" = "--tests" ]; then
   bash envs/setup-browser.sh
+  bash envs/setup-slurm.sh
 fi
