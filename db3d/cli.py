@@ -56,10 +56,9 @@ def cmd_synthetic_subject(args: argparse.Namespace) -> None:
 
 
 def cmd_toy_prior(args: argparse.Namespace) -> None:
-    from .synth.prior import train_prior
+    from .synth.prior import train_prior_from_config
 
-    cfg = _config(args)
-    train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], Path(args.out))
+    train_prior_from_config(_config(args), Path(args.out))
 
 
 def cmd_class_priors(args: argparse.Namespace) -> None:

@@ -19,7 +19,10 @@ from .config import format_setting, parse_setting, resolve_key, setting_config
 
 # Config keys every rule sees (the model itself and where it runs).
 COMMON_KEYS = ("backend", "device", "precision", "deterministic", "compile_unet",
-               "models.sd", "models.if", "models.tiny_space", "models.toy", "seed")
+               "models.sd", "models.if", "models.tiny_space", "models.toy", "models.toy_sha256", "seed")
+# ... and with backend toy, the prior's recipe: another prior means other results downstream
+# (db3d.diffusion.toy.load_toy refuses a checkpoint trained with other toy_prior values)
+TOY_COMMON_KEYS = ("toy_prior",)
 DATA_KEYS = ("dataset.prompts_table", "dataset.subjects_table")
 
 _DREAMBOOTH = ("dreambooth.partial_steps", "dreambooth.full_steps", "dreambooth.learning_rate",
@@ -87,7 +90,8 @@ def rule_config(config: dict, setting: str | None, keys: Iterable[str]) -> str:
     """JSON of only the config keys a rule reads: its `params`, so Snakemake re-runs it exactly
     when one of them changes. `setting=None` for rules shared by all cells (class priors)."""
     cfg = resolved(config, setting) if setting else dict(config, seed=0)
-    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + tuple(keys)), sort_keys=True)
+    toy = TOY_COMMON_KEYS if cfg["backend"] == "toy" else ()
+    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + toy + tuple(keys)), sort_keys=True)
 
 
 def stage_rule_config(config: dict, setting: str, stage: str) -> str:
