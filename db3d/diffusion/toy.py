@@ -166,7 +166,7 @@ def file_sha256(path: str | Path) -> str:
 def _missing(path: Path) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"toy model not found: {path} does not exist; fetch the versioned checkpoint with "
-        f"`dvc pull models/toy.dvc`, or train it with `snakemake --cores all models/toy/model.safetensors` "
+        f"`dvc pull models/toy.dvc` (from models/dvc-remote/, committed: no set-up), or train it with `snakemake --cores all models/toy/model.safetensors` "
         f"(~{TRAIN_MINUTES} min on 2 CPU cores), or set models.toy to a folder holding {WEIGHTS_FILE}")
 
 
