@@ -174,6 +174,23 @@ def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
             for variant in evaluated_variants(config, s)]
 
 
+# The reference rows (db3d.eval.reference) read the NeRF and evaluation sections.
+REFERENCE_KEYS = ("eval", "nerf")
+
+
+def reference_targets(config: dict, settings: Iterable[str]) -> list[str]:
+    """The untrained-field reference of every subject and main cell: synthetic subjects only (they
+    have a truth); [] otherwise."""
+    if config["dataset"]["kind"] != "synthetic":
+        return []
+    return [f"runs/{s}/{subj}/reference/untrained/metrics.tsv" for s in settings for subj in subjects(config)]
+
+
+def reference_report_input(config: dict) -> list[str]:
+    """results/reference.tsv for the report on the synthetic track ([] otherwise)."""
+    return ["results/reference.tsv"] if config["dataset"]["kind"] == "synthetic" else []
+
+
 def variant_nerf(setting: str, subject: str, prompt_id: str, variant: str) -> str:
     stage, rel = VARIANT_NERF[variant]
     return f"{stage_dir(setting, stage, subject, prompt_id)}/{rel}"

@@ -180,12 +180,29 @@ def _fake_prior(folder: Path) -> str:
     return sha
 
 
+# the untrained-field reference (results/reference.tsv): PSNR 11 + e, the rest constant
+def _reference_value(metric: str, i: int) -> float:
+    return {"psnr": 11.0 + _E[i], "psnr_back": 10.0, "ssim": 0.5, "lpips": 0.6, "silhouette_iou": 0.6,
+            "chamfer": 0.2, "janus_gt": 0.5}[metric]
+
+
+def _fake_reference(path: Path) -> None:
+    rows = ["subject\tprompt_id\tvariant\tsetting\tseed\tmetric\tmodel\tvalue\tnote"]
+    for k, subject in enumerate(SUBJECTS):
+        for seed in GT_SEEDS:
+            for metric, *_ in GT_METRICS:
+                value = _reference_value(metric, k * len(GT_SEEDS) + seed)
+                rows.append(f"{subject}\t\tuntrained\tseed~{seed}\t{seed}\t{metric}\t{GT_MODEL}\t{value:.6f}\t")
+    path.write_text("\n".join(rows) + "\n")
+
+
 def _fake_inputs(root: Path, tiny: bool = True, full: bool = True, gt: bool = False) -> tuple[Path, Path]:
     metrics = root / "results" / "metrics.tsv"
     metrics.parent.mkdir(parents=True)
     metrics.write_text("\n".join(_metric_rows(tiny, full, gt)) + "\n")
     if gt:
         _fake_prior(root / "models" / "toy")
+        _fake_reference(metrics.parent / "reference.tsv")
 
     runs = root / "runs"
     df = read_metrics(metrics)
@@ -427,6 +444,10 @@ def test_toy_report_groundtruth_and_prior(toy_built):
         assert f"{fmt_mean_se(r['mean'], r['se'], r['n'])} 5 (1 dropped)" in gt_text
     assert SENTENCE_NAIVE in gt_text and SENTENCE_SINGLE in gt_text
     assert "p (Holm)" in gt_text and "Holm" in gt_text and "family-wise" in gt_text
+    # the untrained-field reference row: under the variants, hand-computed, never in the headline
+    mean, se, n = mean_se([_reference_value("psnr", i) for i in range(len(SUBJECTS) * len(GT_SEEDS))])
+    assert "Untrained field (reference)" in gt_text and f"{mean:.3f} ± {se:.3f}" in gt_text and n == 6
+    assert "between failures" in gt_text
     # per subject: both subjects, n = 3 seeds
     mean, se, n = mean_se(gt[(gt["variant"] == "naive") & (gt["metric"] == "psnr") & (gt["subject"] == "teapot")]
                           ["value"].tolist())

@@ -49,6 +49,8 @@ BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf
 # a run: what two variants' rows must share to be paired (seed~N settings: the seed; subject; prompt)
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"
+# reference rows (db3d.eval.reference, results/reference.tsv): shown under the variants, never judged
+REFERENCE_NAMES = {"untrained": "Untrained field (reference)"}
 
 # what the report reads from the checkpoint folder (rules/report.smk can list them as inputs)
 PRIOR_FILES = ("samples.png", "train_log.json", "model.safetensors")
@@ -65,6 +67,23 @@ def arrow(metric: str) -> str:
 def gt_rows(df):
     """The ground-truth rows of a metrics table (may be empty)."""
     return df[df["model"] == GT_MODEL] if len(df) else df
+
+
+def reference_rows(metrics_path: Path):
+    """The reference rows beside the metrics table (results/reference.tsv), main (seed~N) cells only."""
+    from ..eval.reference import load_reference
+    from .select import is_seed_setting
+
+    ref = load_reference(Path(metrics_path).parent)
+    return ref[ref["setting"].map(is_seed_setting)] if len(ref) else ref
+
+
+def _reference_table_rows(ref, cols) -> list[dict]:
+    present = [k for k in REFERENCE_NAMES if len(ref) and k in set(ref["variant"])]
+    rows = columns_table(ref, cols, present)["rows"] if present else []
+    for r in rows:
+        r["label"] = REFERENCE_NAMES[r["code"]]
+    return rows
 
 
 def gt_metrics(gt) -> list[str]:
@@ -211,9 +230,13 @@ def _header(metric: str) -> list[str]:
     return [label, unit] if unit else [label]
 
 
-def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
-    """The ground-truth section of the main (seed~N) rows of `df`, or None without ground-truth rows."""
+def groundtruth_section(df, variants: list[str], fig_dir: Path, reference=None) -> dict | None:
+    """The ground-truth section of the main (seed~N) rows of `df`, or None without ground-truth rows.
+    `reference`: rows of `REFERENCE_NAMES` variants (`reference_rows`), shown under the variants."""
+    import pandas as pd
+
     gt = gt_rows(df)
+    ref = gt_rows(reference) if reference is not None and len(reference) else gt.iloc[0:0]
     metrics = gt_metrics(gt)
     if not metrics:
         return None
@@ -221,24 +244,29 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
     present += sorted(set(gt["variant"]) - set(present), key=variant_sort_key)
     cols = [(m, GT_MODEL, _header(m)) for m in metrics]
     table = columns_table(gt, cols, present)
+    table["rows"] += _reference_table_rows(ref, cols)
 
     subjects = sorted(set(gt["subject"]))
     sub_rows = []
     for s in subjects:
         t = columns_table(gt[gt["subject"] == s], cols, present)
+        t["rows"] += _reference_table_rows(ref[ref["subject"] == s] if len(ref) else ref, cols)
         for i, r in enumerate(t["rows"]):
-            sub_rows.append({"label": s if i == 0 else "", "code": None,
-                             "cells": [VARIANT_NAMES.get(r["code"], r["code"]).split(" (")[0]] + r["cells"]})
+            name = REFERENCE_NAMES.get(r["code"]) or VARIANT_NAMES.get(r["code"], r["code"]).split(" (")[0]
+            sub_rows.append({"label": s if i == 0 else "", "code": None, "cells": [name] + r["cells"]})
     subject_table = {"header": ["Subject", "Variant", "n"] + [h for _, _, h in cols], "rows": sub_rows}
 
+    refs = [k for k in REFERENCE_NAMES if len(ref) and k in set(ref["variant"])]
+    both = pd.concat([gt, ref], ignore_index=True) if refs else gt
     panels = []
     for m in [m for m in PLOT_METRICS if m in metrics]:
         items = []
-        for v in present:
-            vs = gt[(gt["variant"] == v) & (gt["metric"] == m)]
+        for v in present + refs:
+            vs = both[(both["variant"] == v) & (both["metric"] == m)]
             mean, se, n = mean_se(vs["value"].tolist())
             per_subject = [mean_se(vs[vs["subject"] == s]["value"].tolist())[0] for s in subjects]
-            items.append({"label": VARIANT_NAMES.get(v, v).split(" (")[0], "mean": mean, "se": se, "n": n,
+            label = (REFERENCE_NAMES.get(v) or VARIANT_NAMES.get(v, v)).split(" (")[0]
+            items.append({"label": label, "mean": mean, "se": se, "n": n,
                           "points": [p for p in per_subject if p == p]})
         unit = GT_UNIT.get(m, "")
         panels.append({"title": f"{GT_LABEL[m]} {arrow(m)}",
@@ -256,12 +284,15 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
         "intro": ("The subjects of the synthetic track are procedurally generated objects whose geometry and "
                   "appearance are known, so each NeRF is compared with the truth at the fixed evaluation cameras: "
                   "PSNR, SSIM and LPIPS (AlexNet, v0.1) of the renders against the ground-truth renders "
-                  "(back-view PSNR: the views with |azimuth| \u2265 135\u00b0 only), silhouette IoU of the opacity masks, the Chamfer distance "
-                  "between the NeRF's surface points and the object's (world units), and Janus (GT): the fraction "
+                  "(back-view PSNR: the views with |azimuth| \u2265 135\u00b0 only), silhouette IoU of the opacity "
+                  "masks, the Chamfer distance between the NeRF's surface points and the object's (world units), and Janus (GT): the fraction "
                   "of back views that show the front. Arrows: \u2191 higher is better, \u2193 lower is better ("
                   f"{dirs}). Mean \u00b1 standard error over the (subject, seed) runs of the seed~N settings; "
                   f"n = runs. {len(subjects)} subject(s), seeds {', '.join(map(str, seeds))}, {n_runs} "
-                  "ground-truth run(s) in all."),
+                  "ground-truth run(s) in all."
+                  + (" Reference row, below the variants: the untrained field (the initial NeRF at each seed, "
+                     "not one step of training) through the same evaluation - a variant near it learnt little "
+                     "about the object; if all are, the comparison below is between failures." if refs else "")),
         "table": table,
         "subject_table": subject_table,
         "subject_intro": "Per subject: mean \u00b1 s.e. over its seeds (n = seeds).",
