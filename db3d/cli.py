@@ -56,11 +56,9 @@ def cmd_synthetic_subject(args: argparse.Namespace) -> None:
 
 
 def cmd_toy_prior(args: argparse.Namespace) -> None:
-    from .diffusion.loading import resolve_device
-    from .synth.prior import train_prior
+    from .synth.prior import train_prior_from_config
 
-    cfg = _config(args)
-    train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], Path(args.out), device=resolve_device(cfg["device"]))
+    train_prior_from_config(_config(args), Path(args.out))
 
 
 def cmd_class_priors(args: argparse.Namespace) -> None:
@@ -97,6 +95,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     evaluate(_config(args), Path(args.nerf), Path(args.subject_dir), args.prompt_id, args.variant,
              args.setting, Path(args.out_dir))
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from .eval.reference import write_reference
+
+    write_reference(_config(args), args.kind, Path(args.subject_dir), args.setting, Path(args.out_dir))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -230,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--setting", required=True)
     sp.add_argument("--out-dir", required=True)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = with_config(sub.add_parser("reference", help="ground-truth metrics of a reference NeRF (untrained: the "
+                                                      "initial field) of a synthetic subject"))
+    sp.add_argument("--kind", required=True, choices=["untrained"])
+    sp.add_argument("--subject-dir", required=True)
+    sp.add_argument("--setting", required=True)
+    sp.add_argument("--out-dir", required=True)
+    sp.set_defaults(func=cmd_reference)
 
     sp = sub.add_parser("collect-metrics", help="concatenate per-run metric tables into one tidy table")
     sp.add_argument("inputs", nargs="+")

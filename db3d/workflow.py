@@ -19,7 +19,10 @@ from .config import format_setting, parse_setting, resolve_key, setting_config
 
 # Config keys every rule sees (the model itself and where it runs).
 COMMON_KEYS = ("backend", "device", "precision", "deterministic", "compile_unet",
-               "models.sd", "models.if", "models.tiny_space", "models.toy", "seed")
+               "models.sd", "models.if", "models.tiny_space", "models.toy", "models.toy_sha256", "seed")
+# ... and with backend toy, the prior's recipe: another prior means other results downstream
+# (db3d.diffusion.toy.load_toy refuses a checkpoint trained with other toy_prior values)
+TOY_COMMON_KEYS = ("toy_prior",)
 DATA_KEYS = ("dataset.prompts_table", "dataset.subjects_table")
 
 _DREAMBOOTH = ("dreambooth.partial_steps", "dreambooth.full_steps", "dreambooth.learning_rate",
@@ -87,7 +90,8 @@ def rule_config(config: dict, setting: str | None, keys: Iterable[str]) -> str:
     """JSON of only the config keys a rule reads: its `params`, so Snakemake re-runs it exactly
     when one of them changes. `setting=None` for rules shared by all cells (class priors)."""
     cfg = resolved(config, setting) if setting else dict(config, seed=0)
-    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + tuple(keys)), sort_keys=True)
+    toy = TOY_COMMON_KEYS if cfg["backend"] == "toy" else ()
+    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + toy + tuple(keys)), sort_keys=True)
 
 
 def stage_rule_config(config: dict, setting: str, stage: str) -> str:
@@ -168,6 +172,23 @@ def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
             for subj in subjects(config)
             for pid in prompt_ids(config, subj)
             for variant in evaluated_variants(config, s)]
+
+
+# The reference rows (db3d.eval.reference) read the NeRF and evaluation sections.
+REFERENCE_KEYS = ("eval", "nerf")
+
+
+def reference_targets(config: dict, settings: Iterable[str]) -> list[str]:
+    """The untrained-field reference of every subject and main cell: synthetic subjects only (they
+    have a truth); [] otherwise."""
+    if config["dataset"]["kind"] != "synthetic":
+        return []
+    return [f"runs/{s}/{subj}/reference/untrained/metrics.tsv" for s in settings for subj in subjects(config)]
+
+
+def reference_report_input(config: dict) -> list[str]:
+    """results/reference.tsv for the report on the synthetic track ([] otherwise)."""
+    return ["results/reference.tsv"] if config["dataset"]["kind"] == "synthetic" else []
 
 
 def variant_nerf(setting: str, subject: str, prompt_id: str, variant: str) -> str:

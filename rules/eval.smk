@@ -27,6 +27,40 @@ rule evaluate:
         " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
 
 
+rule reference_untrained:
+    # the initial field, untrained, through the same ground-truth evaluation (db3d.eval.reference)
+    input:
+        subject=ancient(SUBJECT_META),
+    output:
+        metrics="runs/{setting}/{subject}/reference/untrained/metrics.tsv",
+        info="runs/{setting}/{subject}/reference/untrained/info.json",
+    params:
+        cfg=lambda w: wf.rule_config(config, w.setting, wf.REFERENCE_KEYS),
+    log:
+        "logs/{setting}/{subject}/reference_untrained.log",
+    resources:
+        **GPU,
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m db3d reference --kind untrained --config-json {params.cfg:q}"
+        " --subject-dir $(dirname {input.subject}) --setting {wildcards.setting:q}"
+        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
+
+
+rule collect_reference:
+    input:
+        wf.reference_targets(config, MAIN_SETTINGS),
+    output:
+        "results/reference.tsv",
+    log:
+        "logs/collect_reference.log",
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m db3d collect-metrics {input:q} --out {output} > {log} 2>&1"
+
+
 rule collect_metrics:
     input:
         wf.eval_targets(config, ALL_SETTINGS),

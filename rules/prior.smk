@@ -1,7 +1,9 @@
 # The toy backend's prior (backend: toy): a small text-to-image model trained from scratch on renders
 # of random synthetic objects (db3d.synth.prior). Its checkpoint is versioned with DVC
-# (models/toy.dvc), so `dvc pull models/toy.dvc` fetches it and this rule never runs; every model
-# rule takes it as ancient() input (PRIOR), so a pulled copy re-triggers nothing downstream.
+# (models/toy.dvc, remote models/dvc-remote/ committed in the repo), so `dvc pull models/toy.dvc`
+# fetches it on any clone and this rule never runs; every model rule takes it as ancient() input
+# (PRIOR), so a pulled copy re-triggers nothing downstream. Which prior the results are made with
+# is keyed by params instead: models.toy_sha256 and the toy_prior recipe (db3d.workflow.rule_config).
 
 
 rule toy_prior:

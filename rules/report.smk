@@ -28,6 +28,8 @@ rule report:
         userstudy=lambda w: wf.userstudy_report_input(),
         # the toy prior's samples and training log (the report's "trained prior" section)
         prior=wf.prior_report_files(config),
+        # synthetic track: the untrained-field reference rows of the ground-truth tables
+        reference=wf.reference_report_input(config),
     output:
         "reports/main.pdf",
     params:

@@ -8,12 +8,14 @@ dominates). The project repository and the user's DVC/git configuration are neve
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -83,3 +85,67 @@ def test_dvc_push_clone_pull_round_trip(tmp_path: Path):
     original = _files(repo / "data")
     assert len(original) == 10
     assert _files(clone / "data") == original
+
+
+# ----------------------------------------------------------------------------- the committed remote
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _project_clone(tmp_path: Path, env: dict[str, str], name: str) -> Path:
+    """A `git clone` of this repository's checked-out commit (its committed .dvc/config and
+    models/dvc-remote, not uncommitted edits)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip(f"{ROOT} is not a git checkout")
+    dst = tmp_path / name
+    _run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(dst)], tmp_path, env)
+    _run(["git", "checkout", "-q", head.stdout.strip()], dst, env)
+    return dst
+
+
+def test_a_fresh_clone_pulls_from_the_committed_remote(tmp_path: Path):
+    """models/toy.dvc's remote travels with git: a file pushed to `repo` (models/dvc-remote) in one clone
+    and committed is pulled by a fresh clone of that one with no set-up, even when the first
+    clone's folders are gone; nothing of it lands in the git-ignored `local` remote."""
+    env = _env(tmp_path)
+    src = _project_clone(tmp_path, env, "src")
+    assert (src / "models" / "dvc-remote" / "README.md").is_file()  # the remote folder is in git
+    weights = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    (src / "models" / "dummy").mkdir()
+    (src / "models" / "dummy" / "weights.bin").write_bytes(weights)
+    _run(_dvc("add", "-q", "models/dummy"), src, env)
+    dvc_file = src / "models" / "dummy.dvc"
+    dvc_file.write_text(dvc_file.read_text() + "  remote: repo\n")  # as models/toy.dvc has it
+    _run(_dvc("push", "-q", "models/dummy.dvc"), src, env)
+    md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    obj = Path("models") / "dvc-remote" / "files" / "md5" / md5[:2] / md5[2:]
+    assert (src / obj).is_file(), "not pushed into the repository's own models/dvc-remote"
+    assert not (src / "dvc-storage").exists()
+    _run(["git", "add", "models"], src, env)
+    _run(["git", "commit", "-q", "-m", "dummy model"], src, env)
+
+    fresh = tmp_path / "fresh"
+    _run(["git", "clone", "-q", str(src), str(fresh)], tmp_path, env)
+    shutil.rmtree(src)  # the fresh clone must need nothing outside itself
+    assert not (fresh / "models" / "dummy").exists() and (fresh / obj).is_file()  # the object came with git
+    _run(_dvc("pull", "-q", "models/dummy.dvc"), fresh, env)
+    assert (fresh / "models" / "dummy" / "weights.bin").read_bytes() == weights
+
+
+def test_a_fresh_clone_pulls_the_toy_prior(tmp_path: Path):
+    """`dvc pull models/toy.dvc` on a fresh clone gives the prior its train_log.json describes."""
+    import json
+
+    out = yaml.safe_load((ROOT / "models" / "toy.dvc").read_text())["outs"]
+    md5 = out[0]["md5"]
+    assert out[0].get("remote") == "repo", "models/toy.dvc must send its output to the committed remote"
+    if not (ROOT / "models" / "dvc-remote" / "files" / "md5" / md5[:2] / md5[2:]).is_file():
+        pytest.skip(f"models/dvc-remote has no objects for models/toy.dvc ({md5}) yet: publish the prior with "
+                    "`dvc push models/toy.dvc` and commit models/dvc-remote (models/dvc-remote/README.md)")
+    env = _env(tmp_path)
+    fresh = _project_clone(tmp_path, env, "fresh")
+    _run(_dvc("pull", "-q", "models/toy.dvc"), fresh, env)
+    toy = fresh / "models" / "toy"
+    from db3d.diffusion.toy import file_sha256
+
+    assert file_sha256(toy / "model.safetensors") == json.loads((toy / "train_log.json").read_text())["sha256"]

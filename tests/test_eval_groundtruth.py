@@ -18,7 +18,7 @@ from db3d.eval.groundtruth import (GT_MODEL, chamfer, ground_truth_for_run, grou
                                    psnr, ssim)
 from db3d.synth.world import AnalyticField, build_synthetic_subject, janus_object, sample_object  # noqa: E402
 
-GT_NAMES = ["chamfer", "janus_gt", "psnr", "psnr_back", "silhouette_iou", "ssim"]
+GT_NAMES = ["chamfer", "janus_gt", "lpips", "psnr", "psnr_back", "silhouette_iou", "ssim"]
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def test_the_true_object_scores_best(gt_cfg):
     values, notes, info = _run(gt_cfg, AnalyticField(obj), obj)
     # what is left at 32 px is edges: point-sampled NeRF pixels against the 2x-supersampled truth
     assert values["psnr"] > 22 and values["psnr_back"] > 22 and values["ssim"] > 0.88
+    assert 0 < values["lpips"] < 0.03 and len(info["lpips_per_view"]) == 8
     assert values["silhouette_iou"] > 0.85
     # the floor of 3000 sampled points per side (~0.015 apart on this surface), not a shape error
     assert values["chamfer"] < 0.04
@@ -69,6 +70,7 @@ def test_another_object_and_an_empty_field(gt_cfg):
     obj = sample_object("snowman", "blue", 0)
     values, _, _ = _run(gt_cfg, AnalyticField(sample_object("house", "blue", 0)), obj)
     assert values["silhouette_iou"] < 0.6 and values["chamfer"] > 0.1 and values["psnr"] < 15
+    assert values["lpips"] > 0.1  # the true object: < 0.03 (measured 0.005 at 32 px, 0.14 here)
 
     class Empty(nn.Module):
         bound, out_channels = 1.0, 3
@@ -133,3 +135,32 @@ def test_evaluate_writes_ground_truth_rows(gt_cfg, tmp_path, monkeypatch):
     assert 0 <= iou <= 1
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
     assert info["ground_truth"]["num_views"] == 4 and "ground truth" in info["timing_s"]
+
+
+def test_untrained_reference_rows(gt_cfg, tmp_path, monkeypatch):
+    """`python -m db3d reference --kind untrained`: the initial field at the seed (the same weights
+    every time), through the same ground-truth evaluation, far below the true object."""
+    import pandas as pd
+
+    from db3d.eval.reference import untrained_field, write_reference
+
+    monkeypatch.setattr("db3d.eval.mesh.MESH_RESOLUTION", 24)
+    monkeypatch.setattr("db3d.eval.groundtruth.CHAMFER_POINTS", 2000)
+    cfg = dict(gt_cfg, seed=1, device="cpu")
+    sub = tmp_path / "mug_red"
+    build_synthetic_subject("mug_red", "mug", "red", 1, sub, resolutions=(16,), num_photos=2,
+                            camera_cfg=cfg["nerf"]["camera"])
+    a, b = untrained_field(cfg)[0], untrained_field(cfg)[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    other = untrained_field(dict(cfg, seed=2))[0]
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), other.state_dict().values()))
+    out = write_reference(cfg, "untrained", sub, "seed~1", tmp_path / "ref")
+    df = pd.read_csv(out, sep="\t", keep_default_na=False)
+    assert sorted(df.metric) == GT_NAMES and set(df.variant) == {"untrained"} and set(df.model) == {GT_MODEL}
+    assert set(df.setting) == {"seed~1"} and set(df.seed) == {1} and set(df.subject) == {"mug_red"}
+    values = dict(zip(df.metric, df.value.astype(float)))
+    true_values, _, _ = _run(cfg, AnalyticField(sample_object("mug", "red", 1)), sample_object("mug", "red", 1))
+    assert values["psnr"] < true_values["psnr"] - 5 and values["lpips"] > true_values["lpips"] + 0.05
+    assert json.loads((tmp_path / "ref" / "info.json").read_text())["reference"] == "untrained"
+    with pytest.raises(Exception, match="object.json"):
+        write_reference(cfg, "untrained", tmp_path, "seed~1", tmp_path / "ref2")

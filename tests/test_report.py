@@ -27,7 +27,7 @@ from db3d.eval.table import read_metrics  # noqa: E402
 from db3d.report import PAPER_VALUES, build_report  # noqa: E402
 from db3d.report.build import VARIANT_ORDER, fmt_mean_se, mean_se  # noqa: E402
 from db3d.report.groundtruth import (GT_METRICS, GT_MODEL, headline_sentence, paired_difference,  # noqa: E402
-                                     verdict)
+                                     judge, verdict)
 from db3d.report.select import loss_divergence, primary_model, select_failure_cases  # noqa: E402
 
 VARIANTS = ["latent_nerf", "naive", "dreambooth3d", "single_stage"]
@@ -56,21 +56,22 @@ def _gt_value(variant: str, metric: str, i: int) -> float:
     e, alt = _E[i], _ALT[i]
     table = {
         "dreambooth3d": {"psnr": 20 + e, "psnr_back": 16 + e, "ssim": 0.8, "silhouette_iou": 0.9 + e / 10,
-                         "chamfer": float("nan") if i == 0 else 0.10 + e / 100, "janus_gt": 0.1},
-        # vs naive: better on PSNR, IoU, Janus (GT, lower is better); worse on Chamfer (lower is better)
+                         "chamfer": float("nan") if i == 0 else 0.10 + e / 100, "janus_gt": 0.1,
+                         "lpips": 0.2 + e / 10},
+        # vs naive: better on PSNR, LPIPS, IoU, Janus (GT) (lower is better); worse on Chamfer (lower is better)
         "naive": {"psnr": 17 + e / 2, "psnr_back": 16 + alt, "ssim": 0.8, "silhouette_iou": 0.7,
-                  "chamfer": 0.05, "janus_gt": 0.4 + e / 10},
+                  "chamfer": 0.05, "janus_gt": 0.4 + e / 10, "lpips": 0.3},
         # vs single stage: better on back PSNR and Chamfer; worse on Janus (GT)
         "single_stage": {"psnr": 20 + alt, "psnr_back": 14.0, "ssim": 0.8, "silhouette_iou": 0.9 + alt / 10,
-                         "chamfer": 0.2, "janus_gt": 0.0},
+                         "chamfer": 0.2, "janus_gt": 0.0, "lpips": 0.2 + alt / 10},
     }
     return table[variant][metric]
 
 
-SENTENCE_NAIVE = ("On the synthetic track, DreamBooth3D beats naive on PSNR, silhouette IoU, Janus (GT); is worse on "
-                  "Chamfer distance; no clear difference on back-view PSNR, SSIM.")
+SENTENCE_NAIVE = ("On the synthetic track, DreamBooth3D beats naive on PSNR, LPIPS, silhouette IoU, Janus (GT); is "
+                  "worse on Chamfer distance; no clear difference on back-view PSNR, SSIM.")
 SENTENCE_SINGLE = ("On the synthetic track, DreamBooth3D beats single stage on back-view PSNR, Chamfer distance; is "
-                   "worse on Janus (GT); no clear difference on PSNR, SSIM, silhouette IoU.")
+                   "worse on Janus (GT); no clear difference on PSNR, SSIM, LPIPS, silhouette IoU.")
 
 
 TINY_CONFIG = Path(DEFAULT_CONFIG_PATH).parent / "tiny.yaml"
@@ -179,12 +180,29 @@ def _fake_prior(folder: Path) -> str:
     return sha
 
 
+# the untrained-field reference (results/reference.tsv): PSNR 11 + e, the rest constant
+def _reference_value(metric: str, i: int) -> float:
+    return {"psnr": 11.0 + _E[i], "psnr_back": 10.0, "ssim": 0.5, "lpips": 0.6, "silhouette_iou": 0.6,
+            "chamfer": 0.2, "janus_gt": 0.5}[metric]
+
+
+def _fake_reference(path: Path) -> None:
+    rows = ["subject\tprompt_id\tvariant\tsetting\tseed\tmetric\tmodel\tvalue\tnote"]
+    for k, subject in enumerate(SUBJECTS):
+        for seed in GT_SEEDS:
+            for metric, *_ in GT_METRICS:
+                value = _reference_value(metric, k * len(GT_SEEDS) + seed)
+                rows.append(f"{subject}\t\tuntrained\tseed~{seed}\t{seed}\t{metric}\t{GT_MODEL}\t{value:.6f}\t")
+    path.write_text("\n".join(rows) + "\n")
+
+
 def _fake_inputs(root: Path, tiny: bool = True, full: bool = True, gt: bool = False) -> tuple[Path, Path]:
     metrics = root / "results" / "metrics.tsv"
     metrics.parent.mkdir(parents=True)
     metrics.write_text("\n".join(_metric_rows(tiny, full, gt)) + "\n")
     if gt:
         _fake_prior(root / "models" / "toy")
+        _fake_reference(metrics.parent / "reference.tsv")
 
     runs = root / "runs"
     df = read_metrics(metrics)
@@ -330,15 +348,22 @@ def _gt_df(rows: list[tuple]) -> "pd.DataFrame":
 
 
 def test_verdict_rule_and_direction():
-    assert verdict(1.0, 0.4, 5, True) == "better"
-    assert verdict(-1.0, 0.4, 5, True) == "worse"
-    assert verdict(-1.0, 0.4, 5, False) == "better"       # lower is better: a negative difference wins
-    assert verdict(1.0, 0.4, 5, False) == "worse"
-    assert verdict(1.0, 0.5, 5, True) == "no clear difference"   # exactly 2 s.e.: not beyond it
-    assert verdict(0.0, 0.0, 4, True) == "no clear difference"   # identical runs
-    assert verdict(0.3, 0.0, 4, False) == "worse"                # a constant difference is clear
-    assert verdict(5.0, None, 1, True) == "no clear difference"  # one pair: no s.e., no claim
-    assert verdict(float("nan"), None, 0, True) == "no data"
+    assert verdict(1.0, 5, True, True) == "better"
+    assert verdict(-1.0, 5, True, True) == "worse"
+    assert verdict(-1.0, 5, True, False) == "better"       # lower is better: a negative difference wins
+    assert verdict(1.0, 5, True, False) == "worse"
+    assert verdict(1.0, 5, False, True) == "no clear difference"   # not rejected: no claim
+    assert verdict(float("nan"), 0, False, True) == "no data"
+
+
+def test_judge_holds_the_family_not_each_comparison():
+    """Two comparisons at p = 0.03 each: alone each is a verdict, together (Holm) neither is."""
+    res = [{"metric": "psnr", "mean": 1.0, "n": 9, "higher": True, "p": 0.03},
+           {"metric": "chamfer", "mean": 1.0, "n": 9, "higher": False, "p": 0.03}]
+    assert [judge([dict(r)])[0]["verdict"] for r in res] == ["better", "worse"]
+    both = judge([dict(r) for r in res])
+    assert [r["verdict"] for r in both] == ["no clear difference"] * 2
+    assert [r["p_holm"] for r in both] == pytest.approx([0.06, 0.06])
 
 
 def test_paired_difference_matches_runs_and_drops_nan():
@@ -355,7 +380,8 @@ def test_paired_difference_matches_runs_and_drops_nan():
     diffs = [2.0, 3.0, 2.0]                                  # seeds 0-2; seed 3 NaN dropped
     mean, se, n = mean_se(diffs)
     assert (r["n"], r["dropped"]) == (3, 1) and r["mean"] == pytest.approx(mean) and r["se"] == pytest.approx(se)
-    # chamfer: lower is better, the method's is higher by 2.33 +- 0.33 (> 2 s.e.) -> worse
+    # chamfer: lower is better, the method's is higher by 2.33 +- 0.33 (t = 7, 2 d.o.f., p = 0.02) -> worse
+    assert r["p"] == pytest.approx(0.0198, abs=1e-4)
     assert r["higher"] is False and r["verdict"] == "worse"
     assert paired_difference(df, "chamfer", "dreambooth3d", "naive", higher_is_better=True)["verdict"] == "better"
     # pairs are matched on subject too: the same seed of another subject is not a pair
@@ -393,9 +419,11 @@ def test_toy_report_groundtruth_and_prior(toy_built):
     assert "mean nothing about the method" in title and "random-weight models and mean nothing" not in title
     for needle in ("small text-to-image model trained on synthetic renders", f"checkpoint sha256 {sha[:16]}",
                    "not real photographs", "random-weight stand-ins",
-                   "DreamBooth3D vs naive (n = 5/6 runs): better on PSNR, silhouette IoU, Janus (GT); worse on "
-                   "Chamfer distance; no clear difference on back-view PSNR, SSIM."):
-        assert needle in title, needle
+                   "DreamBooth3D vs naive (n = 5/6 runs): better on PSNR, LPIPS, silhouette IoU, Janus (GT); worse "
+                   "on Chamfer distance; no clear difference on back-view PSNR, SSIM.",
+                   "two-sided paired t-test per comparison", "family of 12 comparisons (family-wise α = 0.05); "
+                   "n = 5/6 pairs"):  # the rule, alpha, the family and n; PDF text breaks "Holm-corrected"
+        assert needle in title, (needle, title)
     # sections: ground truth, then the prior, then the CLIP results
     order = [_first_page_with(pages, h) for h in ("Ground-truth metrics (synthetic track)", "Trained prior (toy",
                                                     "CLIP R-Precision (R@1)")]
@@ -415,6 +443,11 @@ def test_toy_report_groundtruth_and_prior(toy_built):
         assert r["mean"] == pytest.approx(expect, abs=1e-3) and r["n"] == 5
         assert f"{fmt_mean_se(r['mean'], r['se'], r['n'])} 5 (1 dropped)" in gt_text
     assert SENTENCE_NAIVE in gt_text and SENTENCE_SINGLE in gt_text
+    assert "p (Holm)" in gt_text and "Holm" in gt_text and "family-wise" in gt_text
+    # the untrained-field reference row: under the variants, hand-computed, never in the headline
+    mean, se, n = mean_se([_reference_value("psnr", i) for i in range(len(SUBJECTS) * len(GT_SEEDS))])
+    assert "Untrained field (reference)" in gt_text and f"{mean:.3f} ± {se:.3f}" in gt_text and n == 6
+    assert "between failures" in gt_text
     # per subject: both subjects, n = 3 seeds
     mean, se, n = mean_se(gt[(gt["variant"] == "naive") & (gt["metric"] == "psnr") & (gt["subject"] == "teapot")]
                           ["value"].tolist())

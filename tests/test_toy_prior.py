@@ -129,6 +129,55 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     assert "\n" not in str(e.value) and "do not fit" in str(e.value)
 
 
+@pytest.mark.parametrize("device, cuda, want", [("cuda", True, "cuda"), ("auto", True, "cuda"), ("auto", False, "cpu"),
+                                                ("cpu", True, "cpu")])
+def test_toy_prior_command_trains_on_the_config_device(tmp_path, monkeypatch, device, cuda, want):
+    """`python -m db3d toy-prior` passes the config's device to train_prior (it once trained on the
+    CPU whatever the config said)."""
+    from db3d import cli
+
+    seen = {}
+
+    def fake_train(prior_cfg, camera_cfg, out_dir, **kw):
+        seen.update(prior_cfg=prior_cfg, camera=camera_cfg, out=out_dir, **kw)
+        return {}
+
+    monkeypatch.setattr(prior_mod, "train_prior", fake_train)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = {"device": device, "toy_prior": SMALL, "nerf": {"camera": CAMERA}}
+    assert cli.main(["toy-prior", "--config-json", json.dumps(cfg), "--out", str(tmp_path / "toy")]) == 0
+    assert str(seen["device"]) == want and seen["prior_cfg"] == SMALL and seen["camera"] == CAMERA
+    assert Path(seen["out"]) == tmp_path / "toy"
+
+
+def test_a_prior_that_is_not_the_configs_is_refused_in_one_line(trained):
+    """Another sha256 than models.toy_sha256, another resolution, or another recipe (stale): one line
+    naming the file and the fix; sample-only keys do not make a checkpoint stale."""
+    out, log = trained
+    path = str(out / "model.safetensors")
+
+    def build(sha=None, prior_cfg=None):
+        return build_backend({"backend": "toy", "models": {"toy": str(out), "toy_sha256": sha},
+                              "device": "cpu", "precision": "fp32", "toy_prior": prior_cfg})
+
+    assert build(log["sha256"], SMALL).sha256 == log["sha256"]          # the pinned one, this recipe
+    assert build(None, {**SMALL, "sample_steps": 7, "guidance_scale": 1.0}).sha256 == log["sha256"]
+    cases = [
+        ((("0" * 64), SMALL), ["models.toy_sha256 pins 0000", "dvc pull models/toy.dvc",
+                               f"models.toy_sha256: {log['sha256']}"]),
+        ((None, {**SMALL, "resolution": 64}), ["trained at 32 px", "toy_prior.resolution is 64",
+                                               "--forcerun toy_prior"]),
+        ((None, {**SMALL, "steps": 51}), ["is stale", "steps 50 (config: 51)", "--forcerun toy_prior"]),
+    ]
+    for args, needles in cases:
+        with pytest.raises(ModelNotFoundError) as e:
+            build(*args)
+        msg = str(e.value)
+        assert "\n" not in msg and path in msg, msg
+        for needle in needles:
+            assert needle in msg, (needle, msg)
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_dreambooth_on_toy(trained, tmp_path, lora_rank):
     from db3d.dreambooth import train

@@ -106,6 +106,25 @@ def test_rule_config_holds_only_the_rules_keys_and_the_setting():
     assert set(priors["dreambooth"]) == {"num_class_images", "class_sample_steps"}
 
 
+def test_every_rule_is_keyed_by_the_toy_prior():
+    """backend toy: the prior's pinned sha256 and its recipe are in every rule's params, so another
+    prior re-runs each stage instead of reusing results made with the old one."""
+    cfg = load_config()
+    assert cfg["backend"] == "toy"
+    base = {stage: wf.stage_rule_config(cfg, "seed~0", stage) for stage in wf.STAGE_KEYS}
+    base["evaluate"] = wf.rule_config(cfg, "seed~0", wf.EVAL_KEYS)
+    other = dict(cfg, models={**cfg["models"], "toy_sha256": "ab" * 32})
+    retrained = dict(cfg, toy_prior={**cfg["toy_prior"], "steps": cfg["toy_prior"]["steps"] + 1})
+    for stage, params in base.items():
+        keys = json.loads(params)
+        assert keys["models"]["toy_sha256"] == cfg["models"]["toy_sha256"] and "toy_prior" in keys, stage
+        again = (wf.rule_config(c, "seed~0", wf.EVAL_KEYS) if stage == "evaluate" else
+                 wf.stage_rule_config(c, "seed~0", stage) for c in (other, retrained))
+        assert all(p != params for p in again), stage
+    tiny = dict(cfg, backend="tiny")  # no toy prior: its recipe is not a key
+    assert "toy_prior" not in json.loads(wf.stage_rule_config(tiny, "seed~0", "dreambooth"))
+
+
 def test_ablation_settings_cross_seeds():
     cfg = dict(load_config(), seeds=[0, 1], ablations=["recon_weight"])
     cells = wf.ablation_settings(cfg, REPO / "ablations")

@@ -6,7 +6,8 @@
 - `tiny`: the same architectures at ~1 M parameters with random weights (offline CPU tests; its
   images are noise), in `cfg["models"]["tiny_space"]` = latent | pixel;
 - `toy`: a small pixel model (32x32) TRAINED on synthetic renders (db3d.synth.prior), loaded from
-  the checkpoint folder `cfg["models"]["toy"]` (default `models/toy`).
+  the checkpoint folder `cfg["models"]["toy"]` (default `models/toy`), checked against
+  `cfg["models"]["toy_sha256"]` and `cfg["toy_prior"]` where the config has them.
 Device from `cfg["device"]` (`auto`: CUDA when present) unless `device` is given; compute precision
 from `cfg["precision"]` on CUDA, always fp32 on CPU.
 """
@@ -34,7 +35,8 @@ def build_backend(cfg: dict, device: str | torch.device | None = None) -> Diffus
     if name == "toy":
         from .toy import load_toy
 
-        return load_toy(str(models.get("toy", "models/toy")), dev, dtype)
+        return load_toy(str(models.get("toy", "models/toy")), dev, dtype, expected_sha256=models.get("toy_sha256"),
+                        prior_cfg=cfg.get("toy_prior"))
     if name == "sd":
         from .sd import load_sd
 

@@ -166,7 +166,7 @@ def file_sha256(path: str | Path) -> str:
 def _missing(path: Path) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"toy model not found: {path} does not exist; fetch the versioned checkpoint with "
-        f"`dvc pull models/toy.dvc`, or train it with `snakemake --cores all models/toy/model.safetensors` "
+        f"`dvc pull models/toy.dvc` (from models/dvc-remote/, committed: no set-up), or train it with `snakemake --cores all models/toy/model.safetensors` "
         f"(~{TRAIN_MINUTES} min on 2 CPU cores), or set models.toy to a folder holding {WEIGHTS_FILE}")
 
 
@@ -177,12 +177,54 @@ def _corrupt(path: Path, why: str) -> ModelNotFoundError:
         f"or retrain it with `snakemake --cores all --forcerun toy_prior models/toy/model.safetensors`")
 
 
+# toy_prior keys that do not change the weights (only samples.png and the log): a checkpoint
+# trained with other values of these is not stale
+SAMPLE_ONLY_KEYS = ("sample_steps", "guidance_scale", "log_every")
+
+
+def _check_provenance(path: Path, sha: str, arch: dict, meta: dict, expected_sha256: str | None,
+                      prior_cfg: dict | None) -> None:
+    """One-line `ModelNotFoundError` when the checkpoint is not the one the config asks for: another
+    sha256 than `models.toy_sha256` pins, another resolution than `toy_prior.resolution`, or trained
+    with other `toy_prior` values (stale)."""
+    retrain = "snakemake --cores all --forcerun toy_prior models/toy/model.safetensors"
+    if expected_sha256 and sha != expected_sha256:
+        raise ModelNotFoundError(
+            f"toy model {path} has sha256 {sha[:16]}... but models.toy_sha256 pins {expected_sha256[:16]}...: "
+            f"fetch the pinned prior with `dvc pull models/toy.dvc`, or use this one by setting models.toy_sha256: "
+            f"{sha} (every stage made with the other prior then re-runs)")
+    if prior_cfg is None:
+        return
+    from ..synth.prior import DEFAULT_PRIOR_CFG, resolve_prior_cfg  # here: db3d.synth.prior imports this module
+
+    size, want = int(arch.get("image_size", IMAGE_SIZE)), int({**DEFAULT_PRIOR_CFG, **prior_cfg}["resolution"])
+    if size != want:
+        raise ModelNotFoundError(
+            f"toy model {path} was trained at {size} px but the config's toy_prior.resolution is {want}: "
+            f"fetch or train the prior for this config (`dvc pull models/toy.dvc` or `{retrain}`), or set "
+            f"toy_prior.resolution: {size}")
+    trained = (meta.get("meta") or {}).get("prior_cfg")
+    if not isinstance(trained, dict):
+        return  # saved by save_toy (tests), not by the prior's training: no recipe to compare
+    want_cfg = resolve_prior_cfg(prior_cfg)
+    diff = [k for k in sorted(set(want_cfg) | set(trained)) if k not in SAMPLE_ONLY_KEYS
+            and want_cfg.get(k) != trained.get(k)]
+    if diff:
+        pairs = ", ".join(f"{k} {trained.get(k)!r} (config: {want_cfg.get(k)!r})" for k in diff)
+        raise ModelNotFoundError(
+            f"toy model {path} is stale: trained with toy_prior {pairs}; retrain it with `{retrain}`, fetch the "
+            f"prior of this config with `dvc pull models/toy.dvc`, or set those toy_prior values back")
+
+
 def load_toy(folder: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> DiffusionBackend:
+             dtype: torch.dtype = torch.float32, *, expected_sha256: str | None = None,
+             prior_cfg: dict | None = None) -> DiffusionBackend:
     """The trained toy backend from `folder/model.safetensors` (or that file given directly).
 
-    Missing file -> `ModelNotFoundError` naming it and the two ways to get it; a corrupt file or one
-    of another architecture -> `ModelNotFoundError` too (one line each)."""
+    Missing file -> `ModelNotFoundError` naming it and the ways to get it; a corrupt file or one
+    of another architecture -> `ModelNotFoundError` too (one line each). `expected_sha256` (config
+    `models.toy_sha256`) and `prior_cfg` (config `toy_prior`), when given, must match the file
+    (`_check_provenance`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -204,6 +246,7 @@ def load_toy(folder: str | Path, device: torch.device | str = "cpu",
     if fmt != FORMAT:
         raise _corrupt(path, f"not a {FORMAT} checkpoint (format {fmt!r})")
     sha = file_sha256(path)
+    _check_provenance(path, sha, arch, info, expected_sha256, prior_cfg)
     backend = _build(arch, device, dtype, seed=0, model_id=f"toy-{sha[:12]}")
     try:
         for prefix, module in (("unet", backend.unet), ("text_encoder", backend.text_encoder)):

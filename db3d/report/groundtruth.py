@@ -7,8 +7,9 @@ them into:
 - `groundtruth_section`: a table per variant (mean +- s.e. over (subject, seed) runs, n), a
   per-subject table, a figure (psnr, silhouette_iou, chamfer, janus_gt per variant), and the
   headline: DreamBooth3D against each baseline as the mean paired difference over matched runs,
-  judged by `verdict` (|mean| > 2 s.e. in the metric's direction) and put into one sentence per
-  baseline (`headline_sentence`); nothing in it is written by hand.
+  judged by paired t-tests with Holm's correction over all the headline's comparisons
+  (`db3d.report.verdicts`, `judge`, `verdict`) and put into one sentence per baseline
+  (`headline_sentence`); nothing in it is written by hand.
 - `prior_section`: the `toy` prior's checkpoint folder (`cfg["models"]["toy"]`: samples.png,
   train_log.json, model.safetensors): the sample grid, its training numbers and loss curve, and
   the provenance rows (checkpoint sha256, steps, wall time). A missing file gives a sentence.
@@ -23,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import figures
+from . import figures, verdicts
 from .build import VARIANT_NAMES, columns_table, fmt_mean_se, mean_se, sha256_file, variant_sort_key
 
 GT_MODEL = "ground truth"
@@ -32,6 +33,7 @@ GT_METRICS = [
     ("psnr", "PSNR", "dB", True),
     ("psnr_back", "back-view PSNR", "dB", True),
     ("ssim", "SSIM", "", True),
+    ("lpips", "LPIPS", "AlexNet", False),
     ("silhouette_iou", "silhouette IoU", "", True),
     ("chamfer", "Chamfer distance", "world units", False),
     ("janus_gt", "Janus (GT)", "fraction", False),
@@ -47,6 +49,8 @@ BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf
 # a run: what two variants' rows must share to be paired (seed~N settings: the seed; subject; prompt)
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"
+# reference rows (db3d.eval.reference, results/reference.tsv): shown under the variants, never judged
+REFERENCE_NAMES = {"untrained": "Untrained field (reference)"}
 
 # what the report reads from the checkpoint folder (rules/report.smk can list them as inputs)
 PRIOR_FILES = ("samples.png", "train_log.json", "model.safetensors")
@@ -65,6 +69,23 @@ def gt_rows(df):
     return df[df["model"] == GT_MODEL] if len(df) else df
 
 
+def reference_rows(metrics_path: Path):
+    """The reference rows beside the metrics table (results/reference.tsv), main (seed~N) cells only."""
+    from ..eval.reference import load_reference
+    from .select import is_seed_setting
+
+    ref = load_reference(Path(metrics_path).parent)
+    return ref[ref["setting"].map(is_seed_setting)] if len(ref) else ref
+
+
+def _reference_table_rows(ref, cols) -> list[dict]:
+    present = [k for k in REFERENCE_NAMES if len(ref) and k in set(ref["variant"])]
+    rows = columns_table(ref, cols, present)["rows"] if present else []
+    for r in rows:
+        r["label"] = REFERENCE_NAMES[r["code"]]
+    return rows
+
+
 def gt_metrics(gt) -> list[str]:
     """Ground-truth metrics with at least one value: GT_METRICS order, unknown names after (sorted)."""
     have = set(gt[gt["value"].notna()]["metric"]) if len(gt) else set()
@@ -73,25 +94,39 @@ def gt_metrics(gt) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- paired differences
-def verdict(mean: float, se: float | None, n: int, higher_is_better: bool) -> str:
-    """`better`/`worse` when |mean| > 2 s.e. (mean = method - baseline; its sign read in the metric's
-    direction), else `no clear difference`; `no data` without pairs. One pair (no s.e.) claims nothing."""
+def verdict(mean: float, n: int, rejected: bool, higher_is_better: bool) -> str:
+    """`better`/`worse` when the comparison's null was rejected (`db3d.report.verdicts`; mean =
+    method - baseline, its sign read in the metric's direction), else `no clear difference`;
+    `no data` without pairs."""
     if n == 0 or mean != mean:
         return NO_DATA
-    if se is None or not abs(mean) > 2 * se:
+    if not rejected:
         return UNCLEAR
     gain = mean if higher_is_better else -mean
     return BETTER if gain > 0 else WORSE
 
 
+def judge(results: list[dict], alpha: float = verdicts.ALPHA) -> list[dict]:
+    """Holm over the family `results` (`paired_difference` dicts): each gets `p_holm`, `rejected`
+    and its `verdict` (in place; also returned). The family is the comparisons with a p-value."""
+    adjusted, rejected = verdicts.holm([r["p"] for r in results], alpha)
+    for r, adj, rej in zip(results, adjusted, rejected):
+        r["p_holm"], r["rejected"] = float(adj), bool(rej)
+        r["verdict"] = verdict(r["mean"], r["n"], bool(rej), r["higher"])
+    return results
+
+
 def paired_difference(df, metric: str, a: str = METHOD, b: str = "naive",
                       higher_is_better: bool | None = None) -> dict[str, Any]:
     """Variant `a` minus variant `b` on `metric`, over the runs both have (matched on PAIR_KEYS
-    present in `df`): {"metric", "a", "b", "mean", "se", "n", "dropped", "verdict", "higher"}.
+    present in `df`): {"metric", "a", "b", "mean", "se", "n", "dropped", "higher", "p", "p_holm",
+    "rejected", "verdict"}.
 
     `df`: long-format metric rows (already restricted to one model, e.g. `gt_rows`). A pair with a
-    NaN or infinite value on either side is dropped (counted in `dropped`, not in n). The verdict
-    uses the metric's direction (`GT_HIGHER` unless `higher_is_better` is given)."""
+    NaN or infinite value on either side is dropped (counted in `dropped`, not in n). `p`: the
+    paired t-test's; the verdict here judges this comparison alone (a family of one): `headline`
+    re-judges all its comparisons together (`judge`). The direction is the metric's (`GT_HIGHER`
+    unless `higher_is_better` is given)."""
     higher = GT_HIGHER.get(metric, True) if higher_is_better is None else higher_is_better
     keys = [k for k in PAIR_KEYS if k in df.columns]
     sub = df[df["metric"] == metric] if len(df) else df
@@ -109,8 +144,9 @@ def paired_difference(df, metric: str, a: str = METHOD, b: str = "naive",
         else:
             dropped += 1
     mean, se, n = mean_se(diffs)
-    return {"metric": metric, "a": a, "b": b, "mean": mean, "se": se, "n": n, "dropped": dropped,
-            "higher": higher, "verdict": verdict(mean, se, n, higher)}
+    res = {"metric": metric, "a": a, "b": b, "mean": mean, "se": se, "n": n, "dropped": dropped,
+           "higher": higher, "p": verdicts.paired_t_pvalue(diffs)}
+    return judge([res])[0]
 
 
 def _join(labels: list[str]) -> str:
@@ -150,29 +186,41 @@ def headline_short(results: list[dict], baseline: str) -> str:
     return f"vs {name} (n = {n_txt} runs): " + ("; ".join(parts) if parts else "no matched runs")
 
 
-def headline(gt, metrics: list[str]) -> dict | None:
-    """Per baseline present: the paired results, the sentence, its short form and the table rows."""
+def _p_text(r: dict) -> str:
+    p, adj = r["p"], r.get("p_holm", math.nan)
+    if p != p:
+        return "-" if r["n"] < 2 else "- (no spread)"
+    return f"{p:.2g} ({adj:.2g})"
+
+
+def headline(gt, metrics: list[str], alpha: float = verdicts.ALPHA) -> dict | None:
+    """Per baseline present: the paired results, the sentence, its short form and the table rows;
+    every comparison judged in ONE family (Holm over all baselines and metrics, `judge`)."""
     present = set(gt["variant"]) if len(gt) else set()
     if METHOD not in present:
         return None
     known = [m for m in metrics if m in GT_HIGHER]
+    per_baseline = [(b, [paired_difference(gt, m, METHOD, b) for m in known]) for b in BASELINES if b in present]
+    if not per_baseline:
+        return None
+    family = judge([r for _, res in per_baseline for r in res], alpha)
+    m = sum(1 for r in family if r["p"] == r["p"])
+    ns = sorted({r["n"] for r in family if r["p"] == r["p"]})
     comparisons, rows = [], []
-    for b in BASELINES:
-        if b not in present:
-            continue
-        res = [paired_difference(gt, m, METHOD, b) for m in known]
+    for b, res in per_baseline:
         comparisons.append({"baseline": b, "sentence": headline_sentence(res, b), "short": headline_short(res, b)})
         for i, r in enumerate(res):  # the baseline named on its first row only
             rows.append({"baseline": f"vs {VARIANT_NAMES.get(b, b)}" if i == 0 else "", "code": b if i == 0 else "",
                          "metric": f"{GT_LABEL[r['metric']]} {arrow(r['metric'])}",
                          "diff": fmt_mean_se(r["mean"], r["se"], r["n"]),
                          "n": str(r["n"]) + (f" ({r['dropped']} dropped)" if r["dropped"] else ""),
-                         "verdict": r["verdict"]})
-    if not comparisons:
-        return None
-    return {"comparisons": comparisons, "rows": rows,
+                         "p": _p_text(r), "verdict": r["verdict"]})
+    rule = verdicts.rule_text(m, alpha)
+    n_txt = "/".join(map(str, ns)) if ns else "0"
+    return {"comparisons": comparisons, "rows": rows, "family": m, "alpha": alpha,
             "sentence": " ".join(c["sentence"] for c in comparisons),
-            "short": [c["short"] for c in comparisons]}
+            "short": [c["short"] for c in comparisons],
+            "rule": rule, "rule_short": f"{rule}; n = {n_txt} pairs"}
 
 
 # ----------------------------------------------------------------------------- the section
@@ -182,9 +230,13 @@ def _header(metric: str) -> list[str]:
     return [label, unit] if unit else [label]
 
 
-def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
-    """The ground-truth section of the main (seed~N) rows of `df`, or None without ground-truth rows."""
+def groundtruth_section(df, variants: list[str], fig_dir: Path, reference=None) -> dict | None:
+    """The ground-truth section of the main (seed~N) rows of `df`, or None without ground-truth rows.
+    `reference`: rows of `REFERENCE_NAMES` variants (`reference_rows`), shown under the variants."""
+    import pandas as pd
+
     gt = gt_rows(df)
+    ref = gt_rows(reference) if reference is not None and len(reference) else gt.iloc[0:0]
     metrics = gt_metrics(gt)
     if not metrics:
         return None
@@ -192,24 +244,29 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
     present += sorted(set(gt["variant"]) - set(present), key=variant_sort_key)
     cols = [(m, GT_MODEL, _header(m)) for m in metrics]
     table = columns_table(gt, cols, present)
+    table["rows"] += _reference_table_rows(ref, cols)
 
     subjects = sorted(set(gt["subject"]))
     sub_rows = []
     for s in subjects:
         t = columns_table(gt[gt["subject"] == s], cols, present)
+        t["rows"] += _reference_table_rows(ref[ref["subject"] == s] if len(ref) else ref, cols)
         for i, r in enumerate(t["rows"]):
-            sub_rows.append({"label": s if i == 0 else "", "code": None,
-                             "cells": [VARIANT_NAMES.get(r["code"], r["code"]).split(" (")[0]] + r["cells"]})
+            name = REFERENCE_NAMES.get(r["code"]) or VARIANT_NAMES.get(r["code"], r["code"]).split(" (")[0]
+            sub_rows.append({"label": s if i == 0 else "", "code": None, "cells": [name] + r["cells"]})
     subject_table = {"header": ["Subject", "Variant", "n"] + [h for _, _, h in cols], "rows": sub_rows}
 
+    refs = [k for k in REFERENCE_NAMES if len(ref) and k in set(ref["variant"])]
+    both = pd.concat([gt, ref], ignore_index=True) if refs else gt
     panels = []
     for m in [m for m in PLOT_METRICS if m in metrics]:
         items = []
-        for v in present:
-            vs = gt[(gt["variant"] == v) & (gt["metric"] == m)]
+        for v in present + refs:
+            vs = both[(both["variant"] == v) & (both["metric"] == m)]
             mean, se, n = mean_se(vs["value"].tolist())
             per_subject = [mean_se(vs[vs["subject"] == s]["value"].tolist())[0] for s in subjects]
-            items.append({"label": VARIANT_NAMES.get(v, v).split(" (")[0], "mean": mean, "se": se, "n": n,
+            label = (REFERENCE_NAMES.get(v) or VARIANT_NAMES.get(v, v)).split(" (")[0]
+            items.append({"label": label, "mean": mean, "se": se, "n": n,
                           "points": [p for p in per_subject if p == p]})
         unit = GT_UNIT.get(m, "")
         panels.append({"title": f"{GT_LABEL[m]} {arrow(m)}",
@@ -222,28 +279,35 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path) -> dict | None:
     seeds = sorted({int(s) for s in gt["seed"]})
     n_runs = len(gt[["setting", "subject", "prompt_id", "seed"]].drop_duplicates())
     dirs = "; ".join(f"{GT_LABEL[m]} {arrow(m)}" for m in metrics if m in GT_HIGHER)
+    hl = headline(gt, metrics)
     return {
         "intro": ("The subjects of the synthetic track are procedurally generated objects whose geometry and "
                   "appearance are known, so each NeRF is compared with the truth at the fixed evaluation cameras: "
-                  "PSNR and SSIM of the renders against the ground-truth renders (back-view PSNR: the views with "
-                  "|azimuth| \u2265 135\u00b0 only), silhouette IoU of the opacity masks, the Chamfer distance "
-                  "between the NeRF's surface points and the object's (world units), and Janus (GT): the fraction "
+                  "PSNR, SSIM and LPIPS (AlexNet, v0.1) of the renders against the ground-truth renders "
+                  "(back-view PSNR: the views with |azimuth| \u2265 135\u00b0 only), silhouette IoU of the opacity "
+                  "masks, the Chamfer distance between the NeRF's surface points and the object's (world units), and Janus (GT): the fraction "
                   "of back views that show the front. Arrows: \u2191 higher is better, \u2193 lower is better ("
                   f"{dirs}). Mean \u00b1 standard error over the (subject, seed) runs of the seed~N settings; "
                   f"n = runs. {len(subjects)} subject(s), seeds {', '.join(map(str, seeds))}, {n_runs} "
-                  "ground-truth run(s) in all."),
+                  "ground-truth run(s) in all."
+                  + (" Reference row, below the variants: the untrained field (the initial NeRF at each seed, "
+                     "not one step of training) through the same evaluation - a variant near it learnt little "
+                     "about the object; if all are, the comparison below is between failures." if refs else "")),
         "table": table,
         "subject_table": subject_table,
         "subject_intro": "Per subject: mean \u00b1 s.e. over its seeds (n = seeds).",
         "figure": figure,
         "caption": ("Ground-truth metrics per variant: mean \u00b1 standard error over (subject, seed) runs (large "
                     "marker, error bar) and each subject's mean over its seeds (small dots)."),
-        "headline": headline(gt, metrics),
+        "headline": hl,
         "headline_intro": ("DreamBooth3D against each baseline on the same runs: for every (subject, seed, prompt) "
                            "both were evaluated on, the difference DreamBooth3D \u2212 baseline; mean \u00b1 s.e. of "
                            "these paired differences, n = pairs (a pair with a missing or non-finite value is "
-                           "dropped). Verdict: better or worse when |mean| > 2 s.e., read in the metric's direction "
-                           "(for \u2193 metrics a negative difference is better); otherwise no clear difference."),
+                           "dropped). Verdict rule: " + (hl["rule"] if hl else verdicts.rule_text(0)) + ": the "
+                           "chance of any false verdict in the table is at most \u03b1. p: the test's p-value "
+                           "(in brackets: Holm-adjusted). Better or worse when the adjusted p \u2264 \u03b1, read "
+                           "in the metric's direction (for \u2193 metrics a negative difference is better); "
+                           "otherwise no clear difference. Fewer than 2 pairs, or pairs all equal, test nothing."),
     }
 
 
@@ -389,7 +453,7 @@ def toy_note(info: dict) -> dict:
     headline_ = "Synthetic track: a small trained prior, ground truth from a synthetic world."
     body = (f"This report was produced with backend: toy. The diffusion prior is a small text-to-image model trained "
             f"on synthetic renders of procedurally generated objects ({ref}, {info['label']}). The ground-truth "
-            "metrics (PSNR, SSIM, silhouette IoU, Chamfer distance, Janus (GT)) measure how well each method "
+            "metrics (PSNR, SSIM, LPIPS, silhouette IoU, Chamfer distance, Janus (GT)) measure how well each method "
             "recovers objects of this synthetic world - not real photographs, and not the paper's subjects. The "
             "CLIP and DINO numbers (CLIP R-Precision, CLIP-T, CLIP-I, DINO-I, Janus) come from random-weight "
             "stand-ins and mean nothing about the method.")

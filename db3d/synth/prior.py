@@ -280,6 +280,14 @@ def _grid_labels() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return classes[:3] or SAMPLE_CLASSES, colours[:4] or SAMPLE_COLOURS
 
 
+def train_prior_from_config(cfg: dict, out_dir: str | Path) -> dict:
+    """`python -m db3d toy-prior`: `train_prior` with the config's `toy_prior` section, camera
+    ranges and device (`device`: auto = CUDA when present)."""
+    from ..diffusion.loading import resolve_device
+
+    return train_prior(cfg["toy_prior"], cfg["nerf"]["camera"], out_dir, device=resolve_device(cfg["device"]))
+
+
 def train_prior(prior_cfg: dict, camera_cfg: dict, out_dir: str | Path, *, progress: bool = True,
                 device: str | torch.device = "cpu", resume_every_s: float = RESUME_EVERY_S,
                 dataset: tuple[torch.Tensor, Sequence[str]] | None = None) -> dict:
@@ -372,4 +380,4 @@ def train_prior(prior_cfg: dict, camera_cfg: dict, out_dir: str | Path, *, progr
 
 
 __all__ = ["DEFAULT_PRIOR_CFG", "PriorTrainer", "lr_at", "resolve_prior_cfg", "sample_grid", "sample_prompts",
-           "train_prior", "CONFIG_FILE", "WEIGHTS_FILE"]
+           "train_prior", "train_prior_from_config", "CONFIG_FILE", "WEIGHTS_FILE"]
