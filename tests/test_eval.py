@@ -22,6 +22,7 @@ from db3d.config import DEFAULT_CONFIG_PATH  # noqa: E402
 from db3d.errors import DataError, ModelNotFoundError  # noqa: E402
 from db3d.eval.rprecision import clip_t, r_precision, retrieval_pool  # noqa: E402
 from db3d.eval.table import METRIC_COLUMNS, collect_metrics  # noqa: E402
+from db3d.eval.run import COVERAGE_MODEL  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- R-Precision
@@ -203,7 +204,7 @@ def _fake_nerf_module() -> types.ModuleType:
                                      elevation_deg=elevation_deg, fov_y_deg=fov_deg)
 
     def render(field, background, cameras, height, width, *, shading, light_dir=None, ambient, num_samples,
-               sampler="auto", estimator=None, generator=None):
+               sampler="auto", estimator=None, generator=None, train=True, normals=True):
         mod.calls.append(dict(shading=shading, height=height, width=width))
         channels = field.out_channels
         az = torch.as_tensor(cameras.azimuth_deg).float()
@@ -277,6 +278,10 @@ def _check_outputs(out_dir: Path, n_views: int, variant: str, colours: bool = Tr
 
     df = pd.read_csv(out_dir / "metrics.tsv", sep="\t", keep_default_na=False)
     assert list(df.columns) == METRIC_COLUMNS
+    cov = df[df.model == COVERAGE_MODEL]  # every run: coverage and collapsed (db3d.eval.coverage)
+    assert sorted(cov.metric) == ["collapsed", "coverage"]
+    assert 0.0 <= float(cov[cov.metric == "coverage"].value.iloc[0]) <= 1.0
+    df = df[df.model != COVERAGE_MODEL]
     assert sorted(set(df.metric)) == ["clip_i", "clip_r_precision", "clip_t", "dino_i", "janus"]
     assert sorted(set(df.model)) == CLIP_LABELS + [DINO_LABEL]
     per_model = {m: sorted(df[df.model == m].metric) for m in set(df.model)}
@@ -338,7 +343,7 @@ def test_evaluate_against_contract_stubs(tmp_path, monkeypatch):
     out3 = evaluate(cfg, nerf_path, subject_dir, "p0", "latent_nerf", "seed~0", tmp_path / "eval" / "latent_nerf")
     _check_outputs(out3.parent, 4, "latent_nerf", colours=False)
     renders = [c for c in nerf.calls if "shading" in c]
-    assert renders[-1]["height"] == 8 and diffusion.decoded == [(4, 4, 8, 8)]
+    assert renders[0]["height"] == 8 and diffusion.decoded == [(4, 4, 8, 8)]
 
     # no subject photos -> the one-line DataError of db3d.data.subject, nothing written
     from db3d.errors import DataError

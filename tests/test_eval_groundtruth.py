@@ -130,7 +130,8 @@ def test_evaluate_writes_ground_truth_rows(gt_cfg, tmp_path, monkeypatch):
     df = pd.read_csv(out, sep="\t", keep_default_na=False)
     gt = df[df.model == GT_MODEL]
     assert sorted(gt.metric) == GT_NAMES and set(gt.subject) == {"mug_red"}
-    assert set(df[df.model != GT_MODEL].note) == {"random-weight models"}  # toy backend: offline stand-ins
+    others = df[(df.model != GT_MODEL) & (df.model != "opacity")]  # "opacity": coverage / collapsed rows
+    assert set(others.note) == {"random-weight models"}  # toy backend: offline stand-ins
     iou = float(gt[gt.metric == "silhouette_iou"].value.iloc[0])
     assert 0 <= iou <= 1
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())

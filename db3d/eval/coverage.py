@@ -22,7 +22,9 @@ def nerf_coverage(cfg: dict, field: Any, background: Any, meta: dict | None, dev
 
     ev = cfg["eval"]
     cams = orbit_cameras(int(ev["num_views"]), float(ev["radius"]), float(ev["elevation_deg"]), eval_fov_deg(cfg))
-    out = render(field, background, cams.to(device), COVERAGE_RES, COVERAGE_RES, shading="albedo", ambient=1.0,
+    if hasattr(cams, "to"):
+        cams = cams.to(device)
+    out = render(field, background, cams, COVERAGE_RES, COVERAGE_RES, shading="albedo", ambient=1.0,
                  num_samples=cfg["nerf"]["num_samples"], train=False, normals=False)
     return float((out.opacity > OPACITY_THRESHOLD).float().mean())
 
