@@ -32,6 +32,7 @@ from ..errors import ModelNotFoundError
 from ..io import atomic_path
 from .base import DiffusionBackend
 from .loading import cast, seeded_init
+from .registry import register
 from .tokenizer import OpenClipBPE
 
 IMAGE_SIZE = 32
@@ -177,6 +178,7 @@ def _corrupt(path: Path, why: str) -> ModelNotFoundError:
         f"or retrain it with `snakemake --cores all --forcerun toy_prior models/toy/model.safetensors`")
 
 
+@register("toy", label="toy prior (trained on synthetic renders)", config_key="models.toy", space="pixel")
 def load_toy(folder: str | Path, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32) -> DiffusionBackend:
     """The trained toy backend from `folder/model.safetensors` (or that file given directly).
