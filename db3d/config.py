@@ -55,6 +55,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"{source}: {key}: {err.message}; fix it in the config (schema: config/schema.yaml)")
+    from .variants import VARIANTS  # the variant names are declared there, not in the schema
+
+    unknown = [v for v in cfg.get("variants", []) if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"{source}: variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)}); "
+                          "fix `variants` in the config")
     return cfg
 
 
