@@ -35,20 +35,21 @@ class ScoreDistillation:
 
     def __init__(self, backend: DiffusionBackend, sds_cfg: dict, total_iters: int):
         self.backend = backend
-        self.guidance_scale = float(sds_cfg.get("guidance_scale", 100.0))
-        lo, hi = (float(v) for v in sds_cfg.get("t_range", (0.02, 0.98)))
+        # every key is schema-required (config/schema.yaml, sds): no default here
+        self.guidance_scale = float(sds_cfg["guidance_scale"])
+        lo, hi = (float(v) for v in sds_cfg["t_range"])
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"sds.t_range must satisfy 0 <= lo <= hi <= 1, got {[lo, hi]}")
         T = backend.num_train_timesteps
         self.t_min = max(int(lo * T), 1)
         self.t_max = max(min(int(hi * T), T - 1), self.t_min)
-        self.t_schedule = sds_cfg.get("t_schedule", "random")
-        self.weighting = sds_cfg.get("weighting", "sds")
+        self.t_schedule = sds_cfg["t_schedule"]
+        self.weighting = sds_cfg["weighting"]
         if self.t_schedule not in ("random", "annealed"):
             raise ValueError(f"sds.t_schedule must be random or annealed, got {self.t_schedule!r}")
         if self.weighting not in ("sds", "uniform"):
             raise ValueError(f"sds.weighting must be sds or uniform, got {self.weighting!r}")
-        self.grad_clip = float(sds_cfg.get("grad_clip", 0.0))
+        self.grad_clip = float(sds_cfg["grad_clip"])
         self.total_iters = max(int(total_iters), 1)
         self.nan_count = 0
 

@@ -100,7 +100,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
     with pytest.raises(ModelNotFoundError) as e:
-        build_backend({"backend": "toy", "models": {"toy": str(tmp_path / "nowhere")}, "device": "cpu"})
+        build_backend({"backend": "toy", "models": {"toy": str(tmp_path / "nowhere")}, "device": "cpu",
+                       "precision": "fp32"})
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "nowhere" / "model.safetensors") in msg
     assert "dvc pull models/toy.dvc" in msg and "snakemake --cores all models/toy/model.safetensors" in msg

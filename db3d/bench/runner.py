@@ -18,7 +18,6 @@ import contextlib
 import copy
 import gc
 import itertools
-import json
 import logging
 import platform
 import shutil
@@ -41,16 +40,6 @@ log = logging.getLogger(__name__)
 
 # ---- config ----------------------------------------------------------------------------------------
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def config_paths(config: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """config/config.yaml, then the given file(s) in order (duplicates of it dropped)."""
     from ..config import DEFAULT_CONFIG_PATH
@@ -66,41 +55,16 @@ def config_paths(config: str | Path | Sequence[str | Path] | None) -> list[Path]
 
 def load_bench_config(config: str | Path | Sequence[str | Path] | None = None,
                       overrides: dict[str, str] | None = None, config_json: str | None = None) -> dict:
-    """The config to benchmark: `config_json` (what a rule passes), or config/config.yaml with the
-    file(s) `config` merged over it in order, as Snakemake merges `--configfile`s over the
-    Snakefile's `configfile` (so `--config config/paper.yaml` alone is the paper setting); then the
-    `--set` overrides; validated against the schema (skipped with a warning only when jsonschema is
-    not installed). `seed` = the first of `seeds` unless set."""
-    import yaml
+    """The config to benchmark, through the one loader (db3d.config.load_config): `config_json`
+    (what a rule passes), or config/config.yaml with the file(s) `config` merged over it in order,
+    as Snakemake merges `--configfile`s over the Snakefile's `configfile` (so `--config
+    config/paper.yaml` alone is the paper setting); then the `--set` overrides; validated.
+    `seed` = the first of `seeds` unless set."""
+    from ..config import load_config
 
-    from ..config import apply_overrides, validate
-    from ..errors import ConfigError
-
-    overrides = dict(overrides or {})
     if config_json:
-        cfg = json.loads(config_json)
-        source = "config-json"
-    else:
-        cfg = {}
-        paths = config_paths(config)
-        for path in paths:
-            if not path.exists():
-                raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
-            part = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-            if not isinstance(part, dict):
-                raise ConfigError(f"{path}: expected a mapping at the top level")
-            cfg = _deep_merge(cfg, part)
-        source = " + ".join(map(str, paths))
-    seed = overrides.pop("seed", cfg.pop("seed", None))
-    cfg = apply_overrides(cfg, overrides)
-    try:
-        import jsonschema  # noqa: F401
-    except ImportError:
-        log.warning("jsonschema is not installed: the benchmark config is not validated")
-    else:
-        validate(cfg, source)
-    cfg["seed"] = int(seed if seed is not None else (cfg.get("seeds") or [0])[0])
-    return cfg
+        return load_config(overrides=overrides, json_text=config_json)
+    return load_config(config_paths(config), overrides)
 
 
 # ---- timing and memory -----------------------------------------------------------------------------
