@@ -245,10 +245,11 @@ class NerfFit:
         self.field, self.background = field.to(device), background.to(device)
         # the background learns 10x slower than the field (threestudio's dreamfusion configs: 0.001
         # vs 0.01): a background MLP as fast as the field can paint the whole view and leave it empty
-        self.params = list(self.field.parameters()) + list(self.background.parameters())
+        field_params, background_params = list(self.field.parameters()), list(self.background.parameters())
+        self.params = field_params + background_params
         self.optimizer = torch.optim.Adam(
-            [{"params": list(self.field.parameters()), "lr": cfg["sds"]["learning_rate"]},
-             {"params": list(self.background.parameters()), "lr": cfg["sds"]["background_learning_rate"]}],
+            [{"params": field_params, "lr": cfg["sds"]["learning_rate"]},
+             {"params": background_params, "lr": cfg["sds"]["background_learning_rate"]}],
             betas=(0.9, 0.99), eps=1e-15)
         self.iters = cfg[stage]["iters"]
         self.sds = ScoreDistillation(backend, cfg["sds"], self.iters)
@@ -317,15 +318,14 @@ class NerfFit:
         images = {"sds": out.image}
         record = {"step": step, "direction": direction, "shading": shading, "random_background": bg_color is not None}
         values = {"sds": loss_sds}
-        recon_w = self.recon_weight
-        if recon_w > 0:
+        if self.recon_weight > 0:
             i = int(torch.randint(len(self.view_cams), (1,), generator=generator))
             with record_function("nerf.recon_render"):
                 view = render(field, background, self.view_cams[i:i + 1], res, res, shading="albedo",
                               ambient=cfg["nerf"]["shading"]["ambient"], num_samples=cfg["nerf"]["num_samples"],
                               sampler=self.sampler, estimator=estimator, generator=generator, normals=False)
             loss_recon = F.mse_loss(view.image, self.view_targets[i:i + 1])
-            terms["recon"] = (scale * recon_w) * loss_recon
+            terms["recon"] = (scale * self.recon_weight) * loss_recon
             images["recon"] = view.image
             values["recon"] = loss_recon
         loss = sum(terms.values())
