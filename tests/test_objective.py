@@ -157,3 +157,34 @@ def test_paper_if_config_loads_validates_and_plans():
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "nerf_stage3" in res.stdout + res.stderr
+
+
+def test_report_section_shows_shares_and_collapses(tmp_path):
+    """The report's objective section reads each variant's judged stage's losses.json shares and
+    the metrics table's collapsed rows."""
+    import pandas as pd
+
+    from db3d import workflow as wf
+    from db3d.io import write_json
+    from db3d.report.build import Runs
+    from db3d.report.objective import objective_section
+
+    runs = Runs(tmp_path / "runs")
+    rows = []
+    for seed, recon in ((0, 0.2), (1, 0.4)):
+        setting = f"seed~{seed}"
+        steps = [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}} for s in (0, 5)]
+        steps += [{"step": 9, "grad": {"share": {"sds": 0.5, "recon": 0.5}}}]  # last quarter of 10 iters
+        d = runs.stage_dir(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain")
+        d.mkdir(parents=True)
+        write_json(d / "losses.json", {"steps": steps, "meta": {"iters": 10}})
+        for metric, value in (("collapsed", float(seed)), ("coverage", 0.01 if seed else 0.3)):
+            rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d", "setting": setting,
+                         "seed": seed, "metric": metric, "model": "opacity", "value": value, "note": "thr"})
+    sec = objective_section(pd.DataFrame(rows), runs, ["dreambooth3d"], {"dreambooth3d": "DreamBooth3D"}, tmp_path)
+    assert sec["table"]["header"] == ["variant", "SDS", "reconstruction", "n"]
+    recon_cell = sec["table"]["rows"][0]["cells"][1]
+    # runs' means over all records: (0.2+0.2+0.5)/3 = 0.3, (0.4+0.4+0.5)/3 = 0.433; last quarter: 0.5 both
+    assert recon_cell.startswith("0.367 \u00b1 0.067 / 0.500"), recon_cell
+    assert sec["collapses"]["rows"][0]["cells"][0] == "1 of 2"
+    assert sec["figure"] == "fig/shares.png" and (tmp_path / "shares.png").is_file()

@@ -41,6 +41,7 @@ from ..io import atomic_path
 from . import figures
 from .images import strip_from, subject_photos
 from .objective import objective_section
+from .stats import fmt_mean_se, mean_se
 from .select import (METRIC_LABEL, METRICS, USERSTUDY_QUESTIONS, ablation_groups, as_number, base_model,
                      is_seed_setting, metric_model, read_losses, read_userstudy, select_failure_cases, setting_params,
                      variant_depends)
@@ -119,24 +120,6 @@ def variant_sort_key(v: str) -> tuple:
 def model_sort_key(label: str) -> tuple:
     b = base_model(label)
     return (CLIP_ORDER.index(b) if b in CLIP_ORDER else len(CLIP_ORDER), b, label)
-
-
-def mean_se(values) -> tuple[float, float | None, int]:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    n = len(vals)
-    if n == 0:
-        return float("nan"), None, 0
-    mean = sum(vals) / n
-    if n < 2:
-        return mean, None, n
-    var = sum((v - mean) ** 2 for v in vals) / (n - 1)
-    return mean, math.sqrt(var / n), n
-
-
-def fmt_mean_se(mean: float, se: float | None, n: int) -> str:
-    if n == 0 or math.isnan(mean):
-        return "\u2014"
-    return f"{mean:.3f} \u00b1 {se:.3f}" if se is not None else f"{mean:.3f}"
 
 
 def fmt_paper(v: float | None) -> str:

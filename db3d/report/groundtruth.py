@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import figures, verdicts
-from .build import VARIANT_NAMES, columns_table, fmt_mean_se, mean_se, sha256_file, variant_sort_key
+from .build import VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
+from .stats import fmt_mean_se, mean_se
 
 GT_MODEL = "ground truth"
 # (metric, label, unit, higher is better), in display order

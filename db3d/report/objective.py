@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import workflow as wf
 from ..io import read_json
+from .stats import fmt_mean_se, mean_se
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,21 @@ TERM_ORDER = list(TERM_LABELS)
 PROGRESS_BINS = 10
 
 
-def _mean_se(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.3f} (n=1)"
-    se = statistics.stdev(values) / len(values) ** 0.5
-    return f"{m:.3f} \u00b1 {se:.3f}"
+def _cell(values: list[float]) -> str:
+    return fmt_mean_se(*mean_se(values))
+
+
+def _mean_share(run: list[tuple[float, dict[str, float]]], term: str, since: float = 0.0) -> float:
+    """A run's mean share of `term` over its records from training progress `since` on (all of
+    them when none is that late)."""
+    late = [r.get(term, 0.0) for p, r in run if p >= since] or [r.get(term, 0.0) for _, r in run]
+    return statistics.fmean(late)
+
+
+def _terms(runs_: list[list[tuple[float, dict[str, float]]]]) -> list[str]:
+    """The terms present in any record of these runs, in TERM_ORDER."""
+    seen = {k for run in runs_ for _, r in run for k in r}
+    return [t for t in TERM_ORDER if t in seen]
 
 
 def run_shares(losses: dict) -> list[tuple[float, dict[str, float]]]:
@@ -62,19 +70,15 @@ def collect(df, runs, variants: list[str]) -> dict[str, list[list[tuple[float, d
 
 
 def shares_table(shares: dict[str, list], names: dict[str, str]) -> dict | None:
-    terms = [t for t in TERM_ORDER if any(t in rec for runs_ in shares.values() for run in runs_ for _, rec in run)]
+    terms = _terms([run for runs_ in shares.values() for run in runs_])
     if not terms:
         return None
     rows = []
     for variant, runs_ in shares.items():
         if not runs_:
             continue
-        cells = []
-        for term in terms:
-            whole = [statistics.fmean(r.get(term, 0.0) for _, r in run) for run in runs_]
-            tail = [statistics.fmean(r.get(term, 0.0) for p, r in run if p >= 0.75) if any(p >= 0.75 for p, _ in run)
-                    else whole[i] for i, run in enumerate(runs_)]
-            cells.append(f"{_mean_se(whole)} / {_mean_se(tail)}")
+        cells = [f"{_cell([_mean_share(run, t) for run in runs_])} / {_cell([_mean_share(run, t, 0.75) for run in runs_])}"
+                 for t in terms]
         rows.append({"label": names.get(variant, variant), "code": variant, "cells": cells + [str(len(runs_))]})
     return {"header": ["variant", *[TERM_LABELS[t] for t in terms], "n"], "rows": rows}
 
@@ -90,16 +94,14 @@ def shares_figure(path: Path, shares: dict[str, list], names: dict[str, str]) ->
         return False
     fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.6), sharey=True, squeeze=False)
     for ax, variant in zip(axes[0], present):
-        for term in TERM_ORDER:
+        records = [rec for run in shares[variant] for rec in run]
+        bins = [min(int(p * PROGRESS_BINS), PROGRESS_BINS - 1) for p, _ in records]  # progress 1.0: last bin
+        for term in _terms(shares[variant]):
             xs, ys = [], []
-            for b in range(PROGRESS_BINS):
-                lo, hi = b / PROGRESS_BINS, (b + 1) / PROGRESS_BINS
-                vals = [r.get(term, 0.0) for run in shares[variant] for p, r in run if lo <= p < hi or (b == PROGRESS_BINS - 1 and p == 1.0)]
-                if vals and any(term in r for run in shares[variant] for _, r in run):
-                    xs.append((lo + hi) / 2)
-                    ys.append(statistics.fmean(vals))
-            if xs:
-                ax.plot(xs, ys, marker="o", ms=3, label=TERM_LABELS[term])
+            for b in sorted(set(bins)):
+                xs.append((b + 0.5) / PROGRESS_BINS)
+                ys.append(statistics.fmean(r.get(term, 0.0) for (_, r), rb in zip(records, bins) if rb == b))
+            ax.plot(xs, ys, marker="o", ms=3, label=TERM_LABELS[term])
         ax.set_title(names.get(variant, variant), fontsize=9)
         ax.set_xlabel("training progress", fontsize=8)
         ax.set_ylim(0, 1)
@@ -125,7 +127,7 @@ def collapse_table(df, variants: list[str], names: dict[str, str]) -> dict | Non
             continue
         v = cov[cov["variant"] == variant]["value"].astype(float).tolist()
         rows.append({"label": names.get(variant, variant), "code": variant,
-                     "cells": [f"{int(c.sum())} of {len(c)}", _mean_se(v)]})
+                     "cells": [f"{int(c.sum())} of {len(c)}", _cell(v)]})
     return {"header": ["variant", "collapsed NeRFs", "coverage"], "rows": rows, "note": note}
 
 
