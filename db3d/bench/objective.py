@@ -35,15 +35,14 @@ def share_summary(steps: list[dict]) -> dict[str, dict[str, float]]:
                 "last_quarter": statistics.fmean(r.get(n, 0.0) for r in tail)} for n in names}
 
 
-def pseudo_view_mse(cfg: dict, nerf_path: Path, views_path: Path) -> float:
+def pseudo_view_mse(cfg: dict, field, background, views: dict) -> float:
+    """MSE of the NeRF's albedo renders at the pseudo views' cameras to the pseudo views (resized
+    to nerf.render_resolution, as stage 3 compares them)."""
     import torch
     import torch.nn.functional as F
 
-    from ..io import torch_load
-    from ..nerf import load_nerf, render
+    from ..nerf import render
 
-    field, background, _ = load_nerf(nerf_path)
-    views = torch_load(views_path)
     res = cfg["nerf"]["render_resolution"]
     with torch.no_grad():
         out = render(field, background, views["cameras"], res, res, shading="albedo", ambient=1.0,
@@ -56,7 +55,7 @@ def pseudo_view_mse(cfg: dict, nerf_path: Path, views_path: Path) -> float:
 def run_case(cfg: dict, run: Path, stage: str, subject_dir: Path, prompt_id: str) -> dict:
     from .. import stages
     from ..eval.coverage import nerf_coverage
-    from ..io import read_json
+    from ..io import read_json, torch_load
     from ..nerf import load_nerf
 
     ckpt = {"stage1": run.parent / "dreambooth" / "partial.safetensors",
@@ -73,7 +72,7 @@ def run_case(cfg: dict, run: Path, stage: str, subject_dir: Path, prompt_id: str
                "coverage": nerf_coverage(cfg, field, background, meta, "cpu"),
                "iters_per_s": losses["perf"]["iters_per_s"]}
         if stage == "stage3":
-            row["pseudo_view_mse"] = pseudo_view_mse(cfg, out / "nerf.pt", views)
+            row["pseudo_view_mse"] = pseudo_view_mse(cfg, field, background, torch_load(views))
     return row
 
 
