@@ -9,19 +9,8 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   echo "db3d: chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}') and chromedriver present"
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "db3d: apt-get not found; install chromium + chromium-driver by hand (the browser test will skip)" >&2
-  exit 0
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-    echo "db3d: not root and no passwordless sudo; cannot install chromium (the browser test will skip)" >&2
-    exit 0
-  fi
-fi
+source "${BASH_SOURCE[0]%/*}/apt.sh"
+db3d_apt_ready "chromium + chromium-driver" "browser test" || exit 0
 echo "db3d: installing chromium + chromium-driver from Debian"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
 /usr/bin/chromium --version

@@ -7,27 +7,18 @@
 # own there while it runs and removes it). Needs root (CI runs as root); without root or apt-get it
 # says so and exits 0, and the Slurm test skips itself with the reason.
 set -euo pipefail
+# the package's version (`sinfo --version` needs a cluster config, which exists only while the test runs)
+slurm_version() { dpkg-query -W -f='${Version}' slurm-wlm 2>/dev/null || echo "(not from Debian)"; }
 need=(munged slurmctld slurmd sbatch squeue sinfo scontrol sacct)
 missing=()
 for b in "${need[@]}"; do command -v "$b" >/dev/null 2>&1 || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "db3d: slurm $(sinfo --version 2>/dev/null | awk '{print $2}') and munge present"
+  echo "db3d: slurm $(slurm_version) and munge present"
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "db3d: apt-get not found; install slurm-wlm + munge by hand (the Slurm test will skip)" >&2
-  exit 0
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-    echo "db3d: not root and no passwordless sudo; cannot install slurm-wlm (the Slurm test will skip)" >&2
-    exit 0
-  fi
-fi
+source "${BASH_SOURCE[0]%/*}/apt.sh"
+db3d_apt_ready "slurm-wlm + munge" "Slurm test" || exit 0
 echo "db3d: installing slurm-wlm + munge from Debian (missing: ${missing[*]})"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
 # policy-rc.d 101: the packages' postinst must not start system daemons (the test runs its own)
 policy=/usr/sbin/policy-rc.d
 added_policy=""
@@ -36,4 +27,4 @@ if [ ! -e "$policy" ]; then
 fi
 $SUDO apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 [ -n "$added_policy" ] && $SUDO rm -f "$policy"
-sinfo --version
+echo "db3d: slurm $(slurm_version) installed"
