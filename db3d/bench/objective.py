@@ -6,8 +6,9 @@ config overrides, with its gradient shares, coverage and (stage 3) distance to t
 
 Each `--set` group (`--case 'a=1 b=2'`) is one case; every case runs the stage from scratch into a
 temporary folder (nothing under runs/ is written) and prints one line: the mean share of each term
-over training (and over the last quarter), the final coverage (eval orbit, opacity > 0.5), and for
-stage 3 the MSE of the final NeRF's renders to the pseudo views at their cameras. `--json` writes
+over training (and over the last quarter), the final coverage (eval orbit, opacity > 0.5), for
+stage 3 the MSE of the final NeRF's renders to the pseudo views at their cameras, and on a synthetic
+subject the ground truth (silhouette IoU, PSNR, back-view PSNR, Janus (GT)). `--json` writes
 the lines as a table. These numbers chose the defaults in config/config.yaml (docs/losses.md).
 """
 from __future__ import annotations
@@ -73,7 +74,23 @@ def run_case(cfg: dict, run: Path, stage: str, subject_dir: Path, prompt_id: str
                "iters_per_s": losses["perf"]["iters_per_s"]}
         if stage == "stage3":
             row["pseudo_view_mse"] = pseudo_view_mse(cfg, field, background, torch_load(views))
+        row.update(ground_truth_summary(cfg, field, background, meta, subject_dir))
     return row
+
+
+GT_COLUMNS = ("silhouette_iou", "psnr", "psnr_back", "janus_gt")
+
+
+def ground_truth_summary(cfg: dict, field, background, meta: dict, subject_dir: Path) -> dict:
+    """The ground-truth numbers the defaults are tuned against (synthetic subjects only: {} else)."""
+    from ..eval.groundtruth import ground_truth_metrics
+    from ..synth.world import load_object
+
+    obj = load_object(subject_dir)
+    if obj is None:
+        return {}
+    rows, _ = ground_truth_metrics(cfg, field, background, meta, obj, "cpu")
+    return {name: value for name, value, _ in rows if name in GT_COLUMNS}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         shares = ", ".join(f"{k} {v['mean']:.3f}/{v['last_quarter']:.3f}" for k, v in row["shares"].items())
         extra = f" pseudo-view MSE {row['pseudo_view_mse']:.4f}" if "pseudo_view_mse" in row else ""
+        extra += "".join(f"; {k} {row[k]:.3f}" for k in GT_COLUMNS if k in row)
         print(f"[{case or 'config'}] shares (mean/last quarter): {shares}; coverage {row['coverage']:.3f};"
               f"{extra} ({row['iters_per_s']:.1f} it/s)", flush=True)
     if args.json:
