@@ -184,3 +184,29 @@ def test_report_section_shows_shares_and_collapses(tmp_path):
     assert recon_cell.startswith("0.367 \u00b1 0.067 / 0.500"), recon_cell
     assert sec["collapses"]["rows"][0]["cells"][0] == "1 of 2"
     assert sec["figure"] == "fig/shares.png" and (tmp_path / "shares.png").is_file()
+
+
+def test_ablation_cell_shows_its_runs_shares(tmp_path):
+    """An ablation row's 'gradient shares' cell is the mean over the row's runs of each term's mean
+    share over training, read from each run's judged stage; a run without records is left out."""
+    import pandas as pd
+
+    from db3d import workflow as wf
+    from db3d.io import write_json
+    from db3d.report.build import Runs
+    from db3d.report.objective import shares_cell
+
+    runs = Runs(tmp_path / "runs")
+    rows = []
+    for seed, recon in ((0, 0.2), (1, 0.6), (2, None)):
+        setting = f"recon_weight~1.0/seed~{seed}"
+        d = runs.stage_dir(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain")
+        d.mkdir(parents=True)
+        steps = [] if recon is None else [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}}
+                                          for s in (0, 5)]
+        write_json(d / "losses.json", {"steps": steps, "meta": {"iters": 10}})
+        for metric in ("clip_t", "coverage"):  # several metric rows per run: each run counted once
+            rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d",
+                         "setting": setting, "metric": metric, "value": 0.5})
+    assert shares_cell(pd.DataFrame(rows), runs) == "SDS 0.60, reconstruction 0.40"
+    assert shares_cell(pd.DataFrame(rows[4:]), runs) == "-"

@@ -40,7 +40,7 @@ from ..errors import Db3dError
 from ..io import atomic_path
 from . import figures
 from .images import strip_from, subject_photos
-from .objective import objective_section
+from .objective import objective_section, shares_cell
 from .stats import fmt_mean_se, mean_se
 from .select import (METRIC_LABEL, METRICS, USERSTUDY_QUESTIONS, ablation_groups, as_number, base_model,
                      is_seed_setting, metric_model, read_losses, read_userstudy, select_failure_cases, setting_params,
@@ -364,8 +364,9 @@ def ablations_section(df, cfg: dict, runs: Runs, assets: Assets, fig_dir: Path, 
                     ns.append(n)
                 if max(ns, default=0):
                     rows.append({"label": f"{param} = {value}", "code": variant,
-                                 "cells": [str(max(ns))] + cells})
-        table = {"header": ["Cell", "n"] + [[METRIC_LABEL[m], base_model(mod)] for m, mod in metric_cols], "rows": rows}
+                                 "cells": [str(max(ns))] + cells + [shares_cell(vs, runs)]})
+        table = {"header": ["Cell", "n"] + [[METRIC_LABEL[m], base_model(mod)] for m, mod in metric_cols]
+                 + ["gradient shares (training mean)"], "rows": rows}
         # images: the final NeRF of the most affected variant per value, for the first subjects
         show = "dreambooth3d" if "dreambooth3d" in dep else dep[0]
         strips = []

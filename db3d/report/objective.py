@@ -50,23 +50,38 @@ def run_shares(losses: dict) -> list[tuple[float, dict[str, float]]]:
     return [(s["step"] / iters, s["grad"]["share"]) for s in steps if "grad" in s]
 
 
+def _records(runs, setting: str, subject: str, prompt_id: str, variant: str) -> list | None:
+    """The share records of one run's judged NeRF stage (None: the variant has none, or no file)."""
+    if variant not in wf.VARIANT_NERF:
+        return None
+    path = runs.stage_dir(setting, wf.VARIANT_NERF[variant][0], subject, prompt_id) / "losses.json"
+    try:
+        return run_shares(read_json(path)) or None
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("report: no gradient shares in %s (%s)", path, e)
+        return None
+
+
 def collect(df, runs, variants: list[str]) -> dict[str, list[list[tuple[float, dict[str, float]]]]]:
     """Per variant, the share records of every run of the metrics table (main settings)."""
     out: dict[str, list] = {v: [] for v in variants}
     keys = df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().itertuples(index=False)
     for setting, subject, prompt_id, variant in keys:
-        if variant not in out or variant not in wf.VARIANT_NERF:
-            continue
-        stage = wf.VARIANT_NERF[variant][0]
-        path = runs.stage_dir(setting, stage, subject, prompt_id) / "losses.json"
-        try:
-            records = run_shares(read_json(path))
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("report: no gradient shares in %s (%s)", path, e)
-            continue
-        if records:
+        if variant in out and (records := _records(runs, setting, subject, prompt_id, variant)):
             out[variant].append(records)
     return out
+
+
+def shares_cell(rows, runs) -> str:
+    """One ablation cell's gradient shares: each term's mean share over training, mean over the
+    runs in `rows` (metrics-table rows of one variant: setting, subject, prompt_id), e.g.
+    "SDS 0.62, reconstruction 0.35, opacity 0.03"; "-" when no run has share records."""
+    keys = rows[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().itertuples(index=False)
+    runs_ = [r for k in keys if (r := _records(runs, *k))]
+    if not runs_:
+        return "-"
+    return ", ".join(f"{TERM_LABELS[t]} {statistics.fmean(_mean_share(run, t) for run in runs_):.2f}"
+                     for t in _terms(runs_))
 
 
 def shares_table(shares: dict[str, list], names: dict[str, str]) -> dict | None:
