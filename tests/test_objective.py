@@ -171,9 +171,10 @@ def test_report_section_shows_shares_and_collapses(tmp_path):
         setting = f"seed~{seed}"
         steps = [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}} for s in (0, 5)]
         steps += [{"step": 9, "grad": {"share": {"sds": 0.5, "recon": 0.5}}}]  # last quarter of 10 iters
-        d = runs.stage_dir(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain")
-        d.mkdir(parents=True)
-        write_json(d / "losses.json", {"steps": steps, "meta": {"iters": 10}})
+        # where the stage writes it (db3d.workflow's declared losses file), not a path of the test's own
+        losses = runs.path(wf.stage_file(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain", which=1))
+        losses.parent.mkdir(parents=True)
+        write_json(losses, {"steps": steps, "meta": {"iters": 10}})
         for metric, value in (("collapsed", float(seed)), ("coverage", 0.01 if seed else 0.3)):
             rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d", "setting": setting,
                          "seed": seed, "metric": metric, "model": "opacity", "value": value, "note": "thr"})
@@ -200,11 +201,12 @@ def test_ablation_cell_shows_its_runs_shares(tmp_path):
     rows = []
     for seed, recon in ((0, 0.2), (1, 0.6), (2, None)):
         setting = f"recon_weight~1.0/seed~{seed}"
-        d = runs.stage_dir(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain")
-        d.mkdir(parents=True)
+        # where the stage writes it (db3d.workflow's declared losses file), not a path of the test's own
+        losses = runs.path(wf.stage_file(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain", which=1))
+        losses.parent.mkdir(parents=True)
         steps = [] if recon is None else [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}}
                                           for s in (0, 5)]
-        write_json(d / "losses.json", {"steps": steps, "meta": {"iters": 10}})
+        write_json(losses, {"steps": steps, "meta": {"iters": 10}})
         for metric in ("clip_t", "coverage"):  # several metric rows per run: each run counted once
             rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d",
                          "setting": setting, "metric": metric, "value": 0.5})

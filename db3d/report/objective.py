@@ -54,7 +54,7 @@ def _records(runs, setting: str, subject: str, prompt_id: str, variant: str) -> 
     """The share records of one run's judged NeRF stage (None: the variant has none, or no file)."""
     if variant not in wf.VARIANT_NERF:
         return None
-    path = runs.stage_dir(setting, wf.VARIANT_NERF[variant][0], subject, prompt_id) / "losses.json"
+    path = runs.path(wf.stage_file(setting, wf.VARIANT_NERF[variant][0], subject, prompt_id, which=1))
     try:
         return run_shares(read_json(path)) or None
     except (OSError, ValueError, KeyError) as e:
