@@ -63,10 +63,18 @@ fetch() {  # one requirement: a wheel for the device, else an sdist built here i
     rm -rf "$tmp"
 }
 
-for name in $DB3D $SNAKEMAKE; do
-    spec=$(pin "$name")
-    echo "$spec"
-    fetch "$spec"
+specs=()
+for name in $DB3D $SNAKEMAKE; do specs+=("$(pin "$name")"); done
+echo "${specs[*]}"
+# one pip run for all (pip's start-up is most of the cost); what it could not get, one at a time
+"${PIP[@]}" download -q "${BIN[@]}" -d "$DEST" "${specs[@]}" || echo "(some failed: fetching one at a time)"
+have() {  # a wheel of NAME==VERSION in DEST (wheel names use _ for - and .)
+    local n=${1%%==*} v=${1#*==}
+    n=$(echo "$n" | tr 'A-Z.-' 'a-z__')
+    ls "$DEST" | tr 'A-Z' 'a-z' | grep -q "^${n}-${v}-"
+}
+for spec in "${specs[@]}"; do
+    have "$spec" || { echo "$spec"; fetch "$spec"; }
 done
 ls "$DEST"
 du -sh "$DEST"
