@@ -23,6 +23,8 @@
 # (scripts/carry_wheels.sh makes them; Snakemake among them), nerfacc's CUDA ops built once. The
 # subject's photos: DB3D_E2E_SOURCE (default .carry/dreambooth), a copy of the google/dreambooth
 # folder holding at least the subject (`mkdir -p .carry/dreambooth && cp -r ../shared/datasets/dreambooth/dog .carry/dreambooth/`).
+# DB3D_E2E_CODE names the code in the table's notes (default: the checkout's git HEAD; say so when
+# files were copied over it, as a helper's worktree is on the lent machine).
 # Work folders: $DB3D_E2E_WORK/<mode> (default /tmp/db3d_e2e), kept between calls on a warm machine.
 # For a dry run of the plumbing on a CPU machine: DB3D_E2E_LOCAL=1 (the active python and its packages,
 # no carried wheels, no nerfacc build) and DB3D_E2E_CONFIGS="tests/data/device_e2e_cpu.yaml" (config
@@ -137,7 +139,7 @@ run_mode() {  # small | paper
     "$PY" -m db3d.bench.joblog "$work/logs" --out "$OUT/e2e_$mode" --graph-wall-s "$graph_s" \
         --title "GPU end-to-end graph ($mode counts): $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)" \
         --note "configs: config/config.yaml + $configs; one subject x one prompt, jobs one at a time (profiles/default)" \
-        --note "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') ; $(date -u +%FT%TZ)" \
+        --note "code: ${DB3D_E2E_CODE:-git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')}; $(date -u +%FT%TZ)" \
         --fail-on-torch-sampler
     local jrc=$?
     tar czf "$OUT/logs_$mode.tgz" -C "$work" logs graph_walls.txt $(cd "$work" && ls snakemake_*.log 2>/dev/null) 2>/dev/null

@@ -109,7 +109,7 @@ def markdown(rows: list[JobRow], title: str, graph_wall_s: float | None = None, 
     walls = [r.wall_s for r in rows if r.wall_s is not None]
     starts = [r.startup_s for r in rows if r.startup_s is not None]
     peaks = [r.peak_reserved_gib for r in rows if r.peak_reserved_gib is not None]
-    out += ["", f"- jobs: {len(rows)}, one at a time; sum of job walls {_fmt(sum(walls))} s "
+    out += ["", f"- jobs: {len(rows)}; sum of job walls {_fmt(sum(walls))} s "
                 f"({_minsec(sum(walls))}), of which start-up {_fmt(sum(starts))} s"]
     if graph_wall_s is not None:
         out.append(f"- the graph's wall (Snakemake from start to end, planning and job launches included): "
