@@ -31,6 +31,14 @@ def test_steady_rate_leaves_out_the_first_stretch():
     assert s["steady_it_s"] == pytest.approx(75 / 6.0)
 
 
+def test_the_warm_up_covers_a_tenth_of_a_loop_marked_every_step():
+    # DreamBooth marks every step: its first 10 of 100 steps at 1 s, the other 90 at 0.1 s
+    marks = [(float(i), i) for i in range(11)] + [(10.0 + 0.1 * (i - 10), i) for i in range(11, 101)]
+    s = _loop(marks, 100).summary()
+    assert s["warmup_s"] == pytest.approx(10.0)
+    assert s["steady_it_s"] == pytest.approx(10.0)
+
+
 def test_a_resumed_loop_counts_only_its_own_iterations():
     lp = _loop([(0.0, 50), (1.0, 60), (3.0, 80), (5.0, 100)], 100)
     s = lp.summary()
