@@ -136,8 +136,10 @@ run_mode() {  # small | paper
     done
     graph_s=$(awk '{s += $2} END {print s + 0}' "$work/graph_walls.txt")
     say "== $mode: per-rule table (the graph's Snakemake time so far: ${graph_s}s)"
+    local gpu
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
     "$PY" -m db3d.bench.joblog "$work/logs" --out "$OUT/e2e_$mode" --graph-wall-s "$graph_s" \
-        --title "GPU end-to-end graph ($mode counts): $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)" \
+        --title "GPU end-to-end graph ($mode counts): ${gpu:-no GPU}" \
         --note "configs: config/config.yaml + $configs; one subject x one prompt, jobs one at a time (profiles/default)" \
         --note "code: ${DB3D_E2E_CODE:-git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')}; $(date -u +%FT%TZ)" \
         --fail-on-torch-sampler
