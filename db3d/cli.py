@@ -311,4 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         args.func(args)
         return 0
-    return report_errors(run)
+
+    status = "error"
+    try:
+        code = report_errors(run)
+        status = "ok" if code == 0 else "error"
+        return code
+    finally:  # also after a traceback: the log says how far the job got and what it held
+        from .jobperf import job_line
+
+        logging.getLogger("db3d").info("%s", job_line(args.command, status))

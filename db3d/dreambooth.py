@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from . import jobperf
 from .diffusion.base import DiffusionBackend
 from .errors import DataError
 from .io import atomic_path, torch_load, torch_save
@@ -79,10 +80,12 @@ def generate_class_images(backend: DiffusionBackend, class_prompt: str, n: int, 
     """`n` prior-preservation images of the class prompt ("a dog"): [n,3,S,S] in [0,1], on CPU."""
     g = torch.Generator().manual_seed(int(seed))
     out = []
+    timing = jobperf.loop("class images", n)
     for start in tqdm(range(0, n, batch_size), desc="class images", file=sys.stderr, disable=not progress):
         k = min(batch_size, n - start)
         out.append(backend.sample([class_prompt] * k, num_steps=num_steps, guidance_scale=guidance_scale,
                                   generator=g).cpu())
+        timing.mark(start + k)  # the batch is on the CPU: the GPU has finished it
     if not out:
         return torch.zeros(0, 3, backend.image_size, backend.image_size)
     return torch.cat(out)
@@ -223,9 +226,11 @@ def train(backend: DiffusionBackend, instance_images: torch.Tensor, instance_pro
         save_checkpoint(0)
     bar = tqdm(total=steps, initial=start, desc="dreambooth", file=sys.stderr, disable=not progress)
     last_save, last_step, write_s = time.monotonic(), start, 0.0
+    timing = jobperf.loop("dreambooth", steps, start)
     for step in range(start + 1, steps + 1):
         record = trainer.train_step(step)
         records.append(record)
+        timing.mark(step)  # train_step read its losses back: the GPU has caught up
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         save_checkpoint(step)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from . import jobperf
 from .errors import ConfigError, DataError
 from .io import (atomic_path, file_sha256, load_resume_state, resume_settings, save_image, seed_everything,
                  torch_load, torch_save, write_json)
@@ -135,6 +136,7 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
     from .dreambooth import train
 
     db = cfg["dreambooth"]
+    jobperf.note(job="dreambooth" if pseudo_views is None else "dreambooth multiview")
     seed_everything(cfg["seed"], cfg["deterministic"])
     backend = _backend(cfg, init)
     subject = load_subject(subject_dir, backend.image_size)
@@ -390,6 +392,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
              out_dir: Path, pseudo_views: Path | None = None) -> None:
     from .nerf import save_nerf
 
+    jobperf.note(job=f"nerf {stage}")
     seed_everything(cfg["seed"], cfg["deterministic"])
     prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
@@ -408,23 +411,29 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
         log.info("resuming %s from step %d", stage, start_step)
 
     if device.type == "cuda":
+        jobperf.record_peak()  # the job's peak (model build included) before the loop's is measured
         torch.cuda.reset_peak_memory_stats(device)
     start = time.time() - elapsed
+    timing = jobperf.loop(stage, iters, start_step)
     for step in tqdm(range(start_step, iters), desc=f"{stage} {subject_dir.name}/{prompt_id}",
                      initial=start_step, total=iters, mininterval=5):
         _, record = fit.iteration(step)
         records.append(record)
         if (step + 1) % RESUME_EVERY == 0 and step + 1 < iters:
             torch_save({**fit.resume_state(step + 1, records, time.time() - start), "settings": settings}, resume_path)
+            timing.mark(step + 1)  # resume_state read the losses back: the GPU has caught up
     fit.flush()
+    timing.mark(iters)
 
     loop_time = time.time() - start
     meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,
-            "latent": fit.latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"]}
+            "latent": fit.latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"],
+            "sampler": fit.last_info.get("sampler")}
     perf = {"loop_time_s": loop_time, "iters_per_s": (iters - start_step) / max(loop_time - elapsed, 1e-9),
             "render_resolution": fit.res, "device": str(device),
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
-    log.info("%s: %.2f it/s, peak GPU memory %s GiB", stage, perf["iters_per_s"], perf["peak_gpu_mem_gib"])
+    log.info("%s: %.2f it/s, peak GPU memory %s GiB, sampler %s", stage, perf["iters_per_s"],
+             perf["peak_gpu_mem_gib"], meta["sampler"])
     save_nerf(out_dir / "nerf.pt", fit.field, fit.background, meta)
     _save_turntable(cfg, backend, fit.field, fit.background, fit.latent, out_dir / "turntable.png")
     write_json(out_dir / "losses.json", {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
@@ -482,18 +491,22 @@ def img2img_views(cfg: dict, backend, field, background, prompt: str, *, num_vie
     # the encoder then sees the NeRF's own detail instead of interpolation blur
     res = backend.image_size if s2["render_resolution"] == "backend" else int(s2["render_resolution"])
     with torch.no_grad():
-        renders = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
-                         num_samples=cfg["nerf"]["num_samples"], train=False, normals=False).image.clamp(0, 1)
+        out = render(field, background, cams, res, res, shading="albedo", ambient=1.0,
+                     num_samples=cfg["nerf"]["num_samples"], train=False, normals=False)
+    renders = out.image.clamp(0, 1)
     directions = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)]
     prompts = [backend.view_prompt(prompt, d) for d in directions]
     generator = _generator(cfg["seed"], backend.device)
     images = []
+    timing = jobperf.loop("img2img views", len(prompts))
     for i in tqdm(range(0, len(prompts), s2["batch_size"]), desc="img2img", mininterval=5, disable=not progress):
         chunk = slice(i, i + s2["batch_size"])
         images.append(backend.sample(prompts[chunk], steps, s2["guidance_scale"], generator,
                                      init_images=renders[chunk], strength=s2["noise_level"]).float().cpu())
+        timing.mark(min(i + s2["batch_size"], len(prompts)))
     return {"images": torch.cat(images), "renders": renders.cpu(), "cameras": cams.to("cpu"),
-            "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"]}
+            "directions": directions, "prompts": prompts, "noise_level": s2["noise_level"],
+            "sampler": out.info["sampler"]}
 
 
 def save_pseudo_views(out_dir: Path, views: dict) -> None:

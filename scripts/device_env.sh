@@ -1,7 +1,7 @@
-# Sourced by scripts/device_bench.sh and scripts/device_perf.sh (not run on its own): the set-up of a
+# Sourced by scripts/device_bench.sh, scripts/device_perf.sh and scripts/device_e2e.sh (not run on its own): the set-up of a
 # lent GPU machine that has python + torch + CUDA but cannot download anything.
 #
-#   db3d_env        picks PY, installs the wheels carried in .carry/wheels into /tmp/pydeps (rich/ninja
+#   db3d_env        picks PY, installs the wheels carried in .carry/wheels (scripts/carry_wheels.sh) into /tmp/pydeps (rich/ninja
 #                   from .carry/wheels/extra only where missing), exports PYTHONPATH & co; with a
 #                   prebuilt nerfacc extension in .carry/nerfacc/nerfacc_cuda.so (what db3d_keep_builds
 #                   saved on an earlier machine of the same kind) nerfacc loads it instead of building;

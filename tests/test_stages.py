@@ -73,6 +73,8 @@ def run_all_stages(cfg: dict, run_dir, out):
     stages.pseudo_views(cfg, out / "stage1" / "nerf.pt", db / "full.safetensors", pid, subject, out / "stage2")
     views = torch_load(out / "stage2" / "pseudo_views.pt")
     assert views["images"].shape[0] == 2 and len(views["directions"]) == 2
+    sampler = "nerfacc" if cfg["device"] == "cuda" else "torch"  # recorded: a silent fallback shows
+    assert views["sampler"] == sampler
     assert (out / "stage2" / "pseudo_views.png").exists()
 
     stages.dreambooth(cfg, subject, priors, out / "stage3", init=db / "partial.safetensors",
@@ -91,6 +93,7 @@ def run_all_stages(cfg: dict, run_dir, out):
         assert len(losses["steps"]) == 2
         assert all(math.isfinite(s["loss"]) for s in losses["steps"]), stage
         assert losses["perf"]["iters_per_s"] > 0
+        assert losses["meta"]["sampler"] == sampler, stage
         assert (out / stage / "turntable.png").exists()
         assert not (out / stage / ".resume.pt").exists()
     assert all("recon" in s for s in read_json(out / "stage3" / "losses.json")["steps"])

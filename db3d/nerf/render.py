@@ -10,6 +10,9 @@ Two samplers feed the same nerfacc compositing functions (`render_weight_from_de
   termination, CUDA only), packed samples + `ray_indices`, as in nerfacc's examples. Keep an
   estimator across steps (`make_estimator`) and refresh it with `update_estimator` every step.
 - 'auto': 'nerfacc' when the field is on a CUDA device and nerfacc's CUDA ops load, else 'torch'.
+  On a CUDA device without them (their JIT build needs nvcc, ninja and a host C++ compiler) that
+  is a several-fold slower run, so it logs one warning naming the cause and the fix; every render
+  reports its sampler in `info` and to db3d.jobperf (the job's log line).
   Without an `estimator` the nerfacc path makes an all-occupied one (marching without skipping).
 
 Outputs follow nerfacc's `rendering`: colour composited over the background, opacity = sum of
@@ -19,6 +22,7 @@ normal, and the regularisers (orientation, opacity, distortion) as scalars.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
@@ -29,8 +33,10 @@ from torch import Tensor
 from .cameras import Cameras, generate_rays, ray_aabb
 from .field import Background, RadianceField
 from .losses import distortion_loss, opacity_loss, orientation_loss
+from .. import jobperf
 from .shading import SHADINGS, light_directional, sample_light_positions, shade
 
+log = logging.getLogger(__name__)
 SAMPLERS = ("auto", "torch", "nerfacc")
 NEAR_PLANE = 0.05  # cameras may sit inside the bounding cube; never sample behind/at the lens
 # Rays x samples per ray evaluated per chunk: bounds the peak memory of large renders (evaluation at
@@ -51,16 +57,32 @@ class RenderOutput:
 
 
 @functools.lru_cache(maxsize=None)
-def nerfacc_cuda_available() -> bool:
-    """True when a CUDA device is visible and nerfacc's CUDA extension loads (it may JIT-compile
-    on first call, which takes minutes once)."""
+def nerfacc_cuda_problem() -> str | None:
+    """Why nerfacc's CUDA ops are not usable here (None: they load). Loading may JIT-compile
+    them on the first call, which takes minutes once."""
     if not torch.cuda.is_available():
-        return False
+        return "no CUDA device"
     try:
         from nerfacc.cuda._backend import _C  # noqa: PLC0415
-    except Exception:  # noqa: BLE001 - any build/import failure means "not available"
-        return False
-    return _C is not None
+    except Exception as exc:  # noqa: BLE001 - any build/import failure means "not available"
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"their build failed ({type(exc).__name__}: {first})"
+    if _C is None:
+        return "nerfacc found no CUDA toolkit (nvcc not on PATH) and did not build them"
+    return None
+
+
+def nerfacc_cuda_available() -> bool:
+    """True when a CUDA device is visible and nerfacc's CUDA extension loads."""
+    return nerfacc_cuda_problem() is None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_torch_fallback(problem: str) -> None:
+    """Once per process: 'auto' on a CUDA device falls back to the dense torch sampler."""
+    log.warning("sampler auto: nerfacc's CUDA ops are not usable (%s), so this CUDA run renders with the "
+                "dense torch sampler, several times slower; fix: put nvcc, ninja and a host C++ compiler on "
+                "PATH (the conda env envs/gpu.yaml has cuda-nvcc, ninja and gxx) and rerun", problem)
 
 
 def default_step_size(bound: float, num_samples: int) -> float:
@@ -104,7 +126,13 @@ def _choose_sampler(sampler: str, device: torch.device) -> str:
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "auto":
-        return "nerfacc" if device.type == "cuda" and nerfacc_cuda_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        problem = nerfacc_cuda_problem()
+        if problem is not None:
+            _warn_torch_fallback(problem)
+            return "torch"
+        return "nerfacc"
     if sampler == "nerfacc" and not (device.type == "cuda" and nerfacc_cuda_available()):
         raise RuntimeError("sampler='nerfacc' needs the field on a CUDA device and nerfacc's CUDA ops; "
                            "use sampler='torch' or 'auto'")
@@ -148,6 +176,7 @@ def render(
         raise ValueError(f"shading={shading!r} needs normals=True")
     device = next(field.parameters()).device
     mode = _choose_sampler(sampler, device)
+    jobperf.note_sampler(mode, device.type)
     cameras = cameras.to(device)
     B = len(cameras)
     rays_o, rays_d = generate_rays(cameras, height, width)
