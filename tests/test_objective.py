@@ -155,13 +155,22 @@ def test_paper_if_config_loads_validates_and_plans():
     assert "nerf_stage3" in res.stdout + res.stderr
 
 
+def _plant_losses(runs, setting: str, steps: list[dict]) -> None:
+    """mug_red/plain's DreamBooth3D losses.json of a 10-iteration stage, where the stage writes it
+    (db3d.workflow's declared losses file), not at a path of the test's own."""
+    from db3d import workflow as wf
+    from db3d.io import write_json
+
+    losses = runs.path(wf.stage_file(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain", which=1))
+    losses.parent.mkdir(parents=True)
+    write_json(losses, {"steps": steps, "meta": {"iters": 10}})
+
+
 def test_report_section_shows_shares_and_collapses(tmp_path):
     """The report's objective section reads each variant's judged stage's losses.json shares and
     the metrics table's collapsed rows."""
     import pandas as pd
 
-    from db3d import workflow as wf
-    from db3d.io import write_json
     from db3d.report.build import Runs
     from db3d.report.objective import objective_section
 
@@ -171,10 +180,7 @@ def test_report_section_shows_shares_and_collapses(tmp_path):
         setting = f"seed~{seed}"
         steps = [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}} for s in (0, 5)]
         steps += [{"step": 9, "grad": {"share": {"sds": 0.5, "recon": 0.5}}}]  # last quarter of 10 iters
-        # where the stage writes it (db3d.workflow's declared losses file), not a path of the test's own
-        losses = runs.path(wf.stage_file(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain", which=1))
-        losses.parent.mkdir(parents=True)
-        write_json(losses, {"steps": steps, "meta": {"iters": 10}})
+        _plant_losses(runs, setting, steps)
         for metric, value in (("collapsed", float(seed)), ("coverage", 0.01 if seed else 0.3)):
             rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d", "setting": setting,
                          "seed": seed, "metric": metric, "model": "opacity", "value": value, "note": "thr"})
@@ -192,8 +198,6 @@ def test_ablation_cell_shows_its_runs_shares(tmp_path):
     share over training, read from each run's judged stage; a run without records is left out."""
     import pandas as pd
 
-    from db3d import workflow as wf
-    from db3d.io import write_json
     from db3d.report.build import Runs
     from db3d.report.objective import shares_cell
 
@@ -201,12 +205,9 @@ def test_ablation_cell_shows_its_runs_shares(tmp_path):
     rows = []
     for seed, recon in ((0, 0.2), (1, 0.6), (2, None)):
         setting = f"recon_weight~1.0/seed~{seed}"
-        # where the stage writes it (db3d.workflow's declared losses file), not a path of the test's own
-        losses = runs.path(wf.stage_file(setting, wf.VARIANT_NERF["dreambooth3d"][0], "mug_red", "plain", which=1))
-        losses.parent.mkdir(parents=True)
         steps = [] if recon is None else [{"step": s, "grad": {"share": {"sds": 1 - recon, "recon": recon}}}
                                           for s in (0, 5)]
-        write_json(losses, {"steps": steps, "meta": {"iters": 10}})
+        _plant_losses(runs, setting, steps)
         for metric in ("clip_t", "coverage"):  # several metric rows per run: each run counted once
             rows.append({"subject": "mug_red", "prompt_id": "plain", "variant": "dreambooth3d",
                          "setting": setting, "metric": metric, "value": 0.5})

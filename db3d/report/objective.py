@@ -62,13 +62,19 @@ def _records(runs, setting: str, subject: str, prompt_id: str, variant: str) -> 
         return None
 
 
+def _runs_records(df, runs):
+    """(variant, share records) for each run of the metrics rows `df` that has share records."""
+    keys = df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().itertuples(index=False)
+    for setting, subject, prompt_id, variant in keys:
+        if records := _records(runs, setting, subject, prompt_id, variant):
+            yield variant, records
+
+
 def collect(df, runs, variants: list[str]) -> dict[str, list[list[tuple[float, dict[str, float]]]]]:
     """Per variant, the share records of every run of the metrics table (main settings)."""
     out: dict[str, list] = {v: [] for v in variants}
-    keys = df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().itertuples(index=False)
-    for setting, subject, prompt_id, variant in keys:
-        if variant in out and (records := _records(runs, setting, subject, prompt_id, variant)):
-            out[variant].append(records)
+    for variant, records in _runs_records(df[df["variant"].isin(variants)], runs):
+        out[variant].append(records)
     return out
 
 
@@ -76,8 +82,7 @@ def shares_cell(rows, runs) -> str:
     """One ablation cell's gradient shares: each term's mean share over training, mean over the
     runs in `rows` (metrics-table rows of one variant: setting, subject, prompt_id), e.g.
     "SDS 0.62, reconstruction 0.35, opacity 0.03"; "-" when no run has share records."""
-    keys = rows[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().itertuples(index=False)
-    runs_ = [r for k in keys if (r := _records(runs, *k))]
+    runs_ = [records for _, records in _runs_records(rows, runs)]
     if not runs_:
         return "-"
     return ", ".join(f"{TERM_LABELS[t]} {statistics.fmean(_mean_share(run, t) for run in runs_):.2f}"
