@@ -309,15 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     def run() -> int:
-        args.func(args)
-        return 0
+        # the timing line goes out before report_errors prints the error, so that a failed job's
+        # log still ends in its one-line reason (or its traceback)
+        status = "error"
+        try:
+            args.func(args)
+            status = "ok"
+            return 0
+        finally:  # also on the way to a traceback: the log says how far the job got and what it held
+            from .jobperf import job_line
 
-    status = "error"
-    try:
-        code = report_errors(run)
-        status = "ok" if code == 0 else "error"
-        return code
-    finally:  # also after a traceback: the log says how far the job got and what it held
-        from .jobperf import job_line
+            logging.getLogger("db3d").info("%s", job_line(args.command, status))
 
-        logging.getLogger("db3d").info("%s", job_line(args.command, status))
+    return report_errors(run)
