@@ -228,3 +228,24 @@ def test_config_files_merge_in_order_like_snakemake():
     assert cfg["backend"] == "sd" and cfg["dreambooth"]["full_steps"] == 800
     assert cfg["stage1"]["iters"] == 7
     assert cfg["sds"]["t_range"] == load_config()["sds"]["t_range"]  # kept from the base
+
+
+@pytest.mark.parametrize("track", ["default", "paper"])
+def test_plan_is_unchanged(track):
+    """The job list of a dry run, every stage's cache key and rule config per cell, the evaluation
+    targets and the report's inputs are those the code planned before the experiment was declared
+    in db3d.variants (tests/data/plan_before.json, tests/plan_snapshot.py): for the variants and
+    stages that existed then (variants added since plan jobs of their own)."""
+    import plan_snapshot
+
+    before = json.loads((REPO / "tests/data/plan_before.json").read_text())[track]
+    now = plan_snapshot.snapshot(track, stages=sorted(before["stages"]), variants=before["variants"])
+    assert set(now) == set(before)
+    for key in sorted(before):
+        if key == "stages":
+            for stage in sorted(before[key]):
+                diff = [s for s in before[key][stage] if before[key][stage][s] != now[key][stage].get(s)]
+                assert not diff, (stage, diff[:3], [now[key][stage].get(s) for s in diff[:3]],
+                                  now["stage_configs_main"].get(stage))
+        else:
+            assert now[key] == before[key], key

@@ -32,6 +32,7 @@ from ..errors import ModelNotFoundError
 from ..io import atomic_path
 from .base import DiffusionBackend
 from .loading import cast, seeded_init
+from .registry import register
 from .tokenizer import OpenClipBPE
 
 IMAGE_SIZE = 32
@@ -216,6 +217,9 @@ def _check_provenance(path: Path, sha: str, arch: dict, meta: dict, expected_sha
             f"prior of this config with `dvc pull models/toy.dvc`, or set those toy_prior values back")
 
 
+@register("toy", label="toy prior (trained on synthetic renders)", config_key="models.toy", space="pixel",
+          also_keys=("models.toy_sha256",), selected_keys=("toy_prior",),
+          options=lambda cfg: dict(expected_sha256=cfg["models"]["toy_sha256"], prior_cfg=cfg["toy_prior"]))
 def load_toy(folder: str | Path, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32, *, expected_sha256: str | None = None,
              prior_cfg: dict | None = None) -> DiffusionBackend:
