@@ -151,6 +151,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .variants import nerf_stages
+
     p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_dreambooth)
 
     sp = with_config(sub.add_parser("nerf", help="optimise a NeRF by score distillation"))
-    sp.add_argument("--stage", required=True, choices=["stage1", "stage3", "naive", "latent_nerf"])
+    sp.add_argument("--stage", required=True, choices=nerf_stages())
     sp.add_argument("--dreambooth", help="DreamBooth checkpoint guiding the NeRF (omit: the base model, "
                     "i.e. plain DreamFusion)")
     sp.add_argument("--subject-dir", required=True)

@@ -343,12 +343,6 @@ def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> Non
         table = pd.read_csv(path, sep="\t")
         if table.empty or len(table.columns) == 0:
             raise ConfigError(f"{path}: the table has no rows; add one row per cell (ablations/README.md)")
-        for column in table.columns:
-            if column != "seed" and not _depends(resolve_key(column), read):
-                raise ConfigError(
-                    f"{path}: column {column} ({resolve_key(column)}) is read by no stage of the variants "
-                    f"{', '.join(config['variants'])}, so its cells would evaluate nothing; sweep a key a stage "
-                    "reads (db3d.variants) or drop the column")
         over = []
         for cell in ablation_settings(dict(config, ablations=[name]), ablation_dir):
             try:
@@ -358,6 +352,12 @@ def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> Non
             db = cfg["dreambooth"]
             if db["partial_steps"] > db["full_steps"] and db["partial_steps"] not in over:
                 over.append(db["partial_steps"])
+        for column in table.columns:
+            if column != "seed" and not _depends(resolve_key(column), read):
+                raise ConfigError(
+                    f"{path}: column {column} ({resolve_key(column)}) is read by no stage of the variants "
+                    f"{', '.join(config['variants'])}, so its cells would evaluate nothing; sweep a key a stage "
+                    "reads (db3d.variants) or drop the column")
         if over:
             full = setting_config(config, main_settings(config)[0])["dreambooth"]["full_steps"]
             tiny = ablation_dir / f"{name}_tiny.tsv"

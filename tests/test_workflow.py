@@ -249,3 +249,54 @@ def test_plan_is_unchanged(track):
                                   now["stage_configs_main"].get(stage))
         else:
             assert now[key] == before[key], key
+
+
+@pytest.mark.parametrize("column", ["eval__num_views", "dataset__num_photos", "toy_prior__steps", "precision"])
+def test_ablation_column_no_evaluated_stage_reads_is_refused(tmp_path, column):
+    """A sweep of a key no stage of the variants depends on would reuse every NeRF and evaluate
+    nothing: refused at planning, one line naming the table and the column."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (tmp_path / "sweep.tsv").write_text(f"{column}\n{'fp16' if column == 'precision' else 4}\n")
+    with pytest.raises(ConfigError, match=rf"sweep.tsv: column {column} \(.*\) is read by no stage") as e:
+        wf.checked_ablation_settings(dict(cfg, ablations=["sweep"]), tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_ablation_column_outside_the_variants_chains_is_refused_by_the_snakefile():
+    # recon_weight reaches stage 3 only: with variants [naive] none of its cells would be evaluated
+    res = snakemake("reports/main.pdf", "-n", "--config", "variants=[naive]", "ablations=[recon_weight]")
+    assert res.returncode != 0
+    err = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("db3d: error:")]
+    assert len(err) == 1 and "column recon_weight (stage3.recon_weight) is read by no stage" in err[0], res.stderr
+    ok = snakemake("reports/main.pdf", "-n", "--config", "variants=[dreambooth3d]", "ablations=[recon_weight]")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_latent_variant_on_a_pixel_backend_is_refused_at_planning():
+    res = snakemake("reports/main.pdf", "-n", "--config", "variants=[dreambooth3d,latent_nerf]")  # toy: pixels
+    assert res.returncode != 0
+    err = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("db3d: error:")]
+    assert len(err) == 1 and "latent_nerf needs a latent-space backend, and backend toy works in pixel" in err[0]
+    cfg = load_config([REPO / "config/config.yaml", REPO / "config/tiny.yaml"])
+    wf.check_variants(cfg)  # tiny in latent space runs all four
+    with pytest.raises(ConfigError, match="latent_nerf needs a latent-space backend, and backend tiny works in pixel"):
+        wf.check_variants(dict(cfg, models=dict(cfg["models"], tiny_space="pixel")))
+    with pytest.raises(ConfigError, match=r"variants: unknown nope \(known: "):
+        wf.check_variants(dict(cfg, variants=["dreambooth3d", "nope"]))
+
+
+def test_every_registered_backend_model_key_reaches_every_rule():
+    """A backend registers its config key; every rule's config carries it (no silent code default)."""
+    from db3d.diffusion import registry
+
+    specs = registry.backends()
+    assert set(specs) == {"sd", "if", "tiny", "toy"}
+    for spec in specs.values():
+        assert spec.config_key in wf.COMMON_KEYS
+    cfg = load_config()
+    for stage in wf.STAGE_KEYS:
+        got = json.loads(wf.stage_rule_config(cfg, "seed~0", stage))
+        assert {k: got["models"][k] for k in ("sd", "if", "tiny_space", "toy")} == \
+            {k: cfg["models"][k] for k in ("sd", "if", "tiny_space", "toy")}
+    with pytest.raises(ConfigError, match="backend 'nope' is not registered"):
+        registry.find("nope")

@@ -77,6 +77,11 @@ class Prompt:
     template: str      # e.g. "a {token} {class_noun} sleeping"
     set: str = ""      # eval3d | recontext
 
+    @property
+    def generic_text(self) -> str:
+        """The prompt without the subject's token ("a dog sleeping"): for a model that never saw it."""
+        return " ".join(self.template.format(token="", class_noun=self.class_noun).split())
+
 
 # ---- parsing the dataset's text files ----------------------------------------------------------
 

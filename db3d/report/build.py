@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .. import variants as V
 from .. import workflow as wf
 from ..config import REPO_ROOT, parse_setting, resolve_key
 from ..errors import Db3dError
@@ -50,14 +51,9 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).with_name("template.typ")
 
-# Display order and names of the variants (the code names stay visible in the tables).
-VARIANT_ORDER = ["latent_nerf", "naive", "dreambooth3d", "single_stage"]
-VARIANT_NAMES = {
-    "latent_nerf": "Latent-NeRF",
-    "naive": "DreamBooth+Fusion",
-    "dreambooth3d": "DreamBooth3D",
-    "single_stage": "Single stage (stage-1 NeRF)",
-}
+# Display order and names of the variants (the code names stay visible in the tables): db3d.variants.
+VARIANT_ORDER = list(V.VARIANTS)
+VARIANT_NAMES = V.labels()
 CLIP_ORDER = ["ViT-B-16", "ViT-B-32", "ViT-L-14"]
 PAPER_CLIP_LABELS = {"ViT-B-16": "ViT-B/16", "ViT-B-32": "ViT-B/32", "ViT-L-14": "ViT-L/14"}
 
@@ -113,8 +109,7 @@ ABLATION_INFO = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def variant_sort_key(v: str) -> tuple:
-    return (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER), v)
+variant_sort_key = V.order_key
 
 
 def model_sort_key(label: str) -> tuple:
@@ -220,7 +215,7 @@ def table_models(df, cfg: dict, metric: str = "clip_r_precision") -> list[str]:
 
 
 def table_variants(df, cfg: dict) -> list[str]:
-    """The config's variants (all four when it names none) and every variant of the table."""
+    """The config's variants (all declared ones when it names none) and every variant of the table."""
     return sorted(set(cfg.get("variants") or VARIANT_ORDER) | set(df["variant"]), key=variant_sort_key)
 
 
@@ -368,7 +363,7 @@ def ablations_section(df, cfg: dict, runs: Runs, assets: Assets, fig_dir: Path, 
         table = {"header": ["Cell", "n"] + [[METRIC_LABEL[m], base_model(mod)] for m, mod in metric_cols]
                  + ["gradient shares (training mean)"], "rows": rows}
         # images: the final NeRF of the most affected variant per value, for the first subjects
-        show = "dreambooth3d" if "dreambooth3d" in dep else dep[0]
+        show = V.METHOD if V.METHOD in dep else dep[0]
         strips = []
         seed = g.seeds[0] if g.seeds else 0
         for subject in sorted(set(sub["subject"]))[:MAX_ABLATION_SUBJECTS]:
@@ -402,18 +397,15 @@ def ablations_section(df, cfg: dict, runs: Runs, assets: Assets, fig_dir: Path, 
 
 
 # ----------------------------------------------------------------------------- images of runs
-NERF_STAGE_PNG = {"dreambooth3d": "stage3", "single_stage": "stage1", "naive": "naive", "latent_nerf": "latent_nerf"}
-
-
 def _variant_render(runs: Runs, setting: str, subject: str, prompt_id: str, variant: str) -> Path | None:
     """The fixed-camera turntable of a variant (eval GIF), else the stage's training turntable PNG."""
-    gif = runs.eval_dir(setting, subject, prompt_id, variant) / "turntable.gif"
+    gif = runs.eval_dir(setting, subject, prompt_id, variant) / V.EVAL_FILES["turntable"]
     if gif.is_file():
         return gif
-    stage = NERF_STAGE_PNG.get(variant)
-    if stage is None:
+    if variant not in V.VARIANTS:
         return None
-    png = runs.stage_dir(setting, stage, subject, prompt_id) / stage / "turntable.png"
+    stage = V.STAGES[V.VARIANTS[variant].judged]
+    png = runs.stage_dir(setting, stage.name, subject, prompt_id) / stage.dir / V.TURNTABLE
     return png if png.is_file() else None
 
 
@@ -435,7 +427,7 @@ def _metric_note(df, setting: str, subject: str, prompt_id: str, variant: str) -
 
 def _prompt_text(runs: Runs, setting: str, subject: str, prompt_id: str) -> str | None:
     for variant in sorted(VARIANT_NAMES, key=variant_sort_key):
-        pool = runs.eval_dir(setting, subject, prompt_id, variant) / "retrieval_pool.json"
+        pool = runs.eval_dir(setting, subject, prompt_id, variant) / V.RETRIEVAL_POOL
         if pool.is_file():
             try:
                 return str(json.loads(pool.read_text()).get("prompt") or "") or None
@@ -453,22 +445,22 @@ def gallery_rows(df, runs: Runs, subjects_dir: Path, assets: Assets, setting: st
             rows.append({"label": "Input photos", "note": f"data/subjects/{subject}", "image": im})
     present = set(df[(df["setting"] == setting) & (df["subject"] == subject) & (df["prompt_id"] == prompt_id)]["variant"])
 
-    def add_variant(variant: str, label: str) -> None:
-        if variant not in present:
-            return
-        im = assets.strip(_variant_render(runs, setting, subject, prompt_id, variant))
-        if im is not None:
-            rows.append({"label": label, "note": _metric_note(df, setting, subject, prompt_id, variant), "image": im})
-
-    add_variant("single_stage", "Initial NeRF (stage 1)")
-    if "dreambooth3d" in present:
-        pv = runs.stage_dir(setting, "stage2", subject, prompt_id) / "stage2" / "pseudo_views.png"
-        im = assets.strip(pv if pv.is_file() else None, units=2)
-        if im is not None:
-            rows.append({"label": "Pseudo views (stage 2)", "note": "top: stage-1 renders; bottom: img2img", "image": im})
-    add_variant("dreambooth3d", "Final NeRF (DreamBooth3D)")
-    add_variant("naive", "Naive baseline (DreamBooth+Fusion)")
-    add_variant("latent_nerf", "Latent-NeRF")
+    # along DreamBooth3D's chain (stage 1, the pseudo views, the final NeRF), then the baselines
+    for kind, name in V.gallery_order():
+        if kind == "preview":
+            if V.METHOD not in present:
+                continue
+            stage = V.STAGES[name]
+            file, label, note = stage.preview
+            pv = runs.stage_dir(setting, name, subject, prompt_id) / stage.dir / file
+            im = assets.strip(pv if pv.is_file() else None, units=2)
+            if im is not None:
+                rows.append({"label": label, "note": note, "image": im})
+        elif name in present:
+            im = assets.strip(_variant_render(runs, setting, subject, prompt_id, name))
+            if im is not None:
+                rows.append({"label": V.VARIANTS[name].gallery,
+                             "note": _metric_note(df, setting, subject, prompt_id, name), "image": im})
     return rows
 
 
@@ -492,7 +484,7 @@ def galleries_section(df, cfg: dict, runs: Runs, subjects_dir: Path, assets: Ass
 
 def azimuth_text(runs: Runs, df, cfg: dict) -> str:
     for _, r in df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().iterrows():
-        info = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / "eval_info.json"
+        info = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / V.EVAL_FILES["info"]
         if info.is_file():
             try:
                 az = json.loads(info.read_text()).get("azimuth_deg")
@@ -613,8 +605,9 @@ def _wall_time(obj: Any) -> float | None:
     return None
 
 
-STAGE_LABELS = {"dreambooth": "dreambooth", "stage1": "stage1", "multiview": "dreambooth_multiview",
-                "stage3": "stage3", "naive": "naive", "latent_nerf": "latent_nerf"}
+# stages with a record file, by their display name, in pipeline order; then the evaluation
+STAGE_LABELS = {s.name: s.label for s in V.STAGE_LIST if s.record}
+EVALUATE_LABEL = "evaluate"
 
 
 def wall_times(df, runs: Runs) -> list[dict]:
@@ -625,8 +618,8 @@ def wall_times(df, runs: Runs) -> list[dict]:
     for _, r in (runs_df.iterrows() if len(df) else []):
         files = [(STAGE_LABELS[st], wf.stage_file(r["setting"], st, r["subject"], r["prompt_id"], which=1))
                  for st in wf.VARIANT_STAGES.get(r["variant"], ()) if st in STAGE_LABELS]
-        ev = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / "eval_info.json"
-        files.append(("evaluate", "runs/" + ev.relative_to(runs.dir).as_posix()))
+        ev = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / V.EVAL_FILES["info"]
+        files.append((EVALUATE_LABEL, "runs/" + ev.relative_to(runs.dir).as_posix()))
         for label, rel in files:
             if rel is None or rel in seen:
                 continue
@@ -637,7 +630,7 @@ def wall_times(df, runs: Runs) -> list[dict]:
                 continue
             if wt is not None:
                 per_stage.setdefault(label, []).append(wt)
-    order = ["dreambooth", "stage1", "dreambooth_multiview", "stage3", "naive", "latent_nerf", "evaluate"]
+    order = list(STAGE_LABELS.values()) + [EVALUATE_LABEL]
     rows = []
     for stage in sorted(per_stage, key=lambda s: (order.index(s) if s in order else len(order), s)):
         v = per_stage[stage]

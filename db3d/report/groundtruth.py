@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import variants as V
 from . import figures, verdicts
 from .build import VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
 from .stats import fmt_mean_se, mean_se
@@ -44,9 +45,9 @@ GT_UNIT = {m: unit for m, _, unit, _ in GT_METRICS}
 GT_HIGHER = {m: hib for m, _, _, hib in GT_METRICS}
 PLOT_METRICS = ["psnr", "silhouette_iou", "chamfer", "janus_gt"]
 # the headline: DreamBooth3D against each of these baselines (where both have ground-truth rows)
-METHOD = "dreambooth3d"
-BASELINES = ["naive", "single_stage"]
-BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf": "Latent-NeRF"}
+METHOD = V.METHOD
+BASELINES = V.headline_baselines()
+BASELINE_WORDS = {v.name: v.word for v in V.VARIANT_LIST}
 # a run: what two variants' rows must share to be paired (seed~N settings: the seed; subject; prompt)
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"

@@ -30,9 +30,6 @@ HIGHER_IS_BETTER = {m: hib for m, _, hib in METRICS}
 # where it exists (fidelity, Janus), then the largest CLIP.
 MODEL_PREFERENCE = ["dino", "ViT-L-14", "ViT-B-16", "ViT-B-32"]
 
-# NeRF stage (folder) -> the variant judged by it (for the failure-case images).
-STAGE_VARIANT = {"stage3": "dreambooth3d", "stage1": "single_stage", "naive": "naive", "latent_nerf": "latent_nerf"}
-
 
 def base_model(label: str) -> str:
     """`tiny-random(ViT-B-16)` -> `ViT-B-16`; real labels pass through."""
@@ -209,8 +206,8 @@ def select_failure_cases(df, runs_dir: Path) -> list[FailureCase]:
 
     - Janus: the largest `janus` value of the primary model (DINO where present).
     - Fidelity: the smallest `dino_i` (primary DINO model), else the smallest `clip_i`.
-    - Divergence: over the losses.json of each run's NeRF stage (stage3, stage1, naive,
-      latent_nerf as the variant says), the largest `loss_divergence` (non-finite losses first);
+    - Divergence: over the losses.json of each run's NeRF stage (the stage its variant is judged
+      by, db3d.variants), the largest `loss_divergence` (non-finite losses first);
       its `setting` is the stage's own folder (db3d.workflow.stage_setting), `detail` the file."""
     runs_dir = Path(runs_dir)
     out: list[FailureCase] = []
