@@ -70,6 +70,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
             message = message[:297] + "..."
         raise ConfigError(f"{source}: {key}: {message}; fix it in the config file or --config "
                           "(schema: config/schema.yaml)")
+    from .variants import VARIANTS  # the variant names are declared there, not in the schema
+
+    unknown = [v for v in cfg.get("variants", []) if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"{source}: variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)}); "
+                          "fix `variants` in the config")
     return cfg
 
 

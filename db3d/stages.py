@@ -30,7 +30,7 @@ from .errors import ConfigError, DataError
 from .io import (atomic_path, file_sha256, load_resume_state, resume_settings, save_image, seed_everything,
                  torch_load, torch_save, write_json)
 from .variants import (FULL, LOSSES, MULTIVIEW_LOSSES, MULTIVIEW_MODEL, NERF, PARTIAL, PSEUDO_VIEWS,
-                       PSEUDO_VIEWS_PNG, STAGES, TURNTABLE)
+                       PRIORS_MANIFEST, PSEUDO_VIEWS_PNG, STAGES, TURNTABLE)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_class_priors(priors_dir: Path, size: int) -> tuple[torch.Tensor, str]:
 
     from .io import read_json
 
-    manifest = read_json(priors_dir / "manifest.json")
+    manifest = read_json(priors_dir / PRIORS_MANIFEST)
     images = []
     for name in manifest["files"]:
         img = Image.open(priors_dir / name).convert("RGB").resize((size, size), Image.BICUBIC)
@@ -123,7 +123,7 @@ def class_priors(cfg: dict, class_noun: str, out_dir: Path) -> None:
         tmp.mkdir(parents=True)
         for name, img in zip(files, images):
             save_image(tmp / name, img)
-        write_json(tmp / "manifest.json", {
+        write_json(tmp / PRIORS_MANIFEST, {
             "class_noun": class_noun, "class_prompt": class_prompt, "files": files,
             "backend": cfg["backend"], "num_steps": cfg["dreambooth"]["class_sample_steps"],
             "seed": cfg["seed"]})

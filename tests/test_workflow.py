@@ -283,6 +283,8 @@ def test_latent_variant_on_a_pixel_backend_is_refused_at_planning():
         wf.check_variants(dict(cfg, models=dict(cfg["models"], tiny_space="pixel")))
     with pytest.raises(ConfigError, match=r"variants: unknown nope \(known: "):
         wf.check_variants(dict(cfg, variants=["dreambooth3d", "nope"]))
+    with pytest.raises(ConfigError, match=r"variants: unknown nope \(known: "):  # the commands' loader too
+        load_config(None, {"variants": "[dreambooth3d, nope]"})
 
 
 def test_every_registered_backend_model_key_reaches_every_rule():
