@@ -105,6 +105,7 @@ STAGE_LIST: tuple[Stage, ...] = (
     nerf_stage("stage3", f"multiview:{MULTIVIEW_MODEL}", ("multiview", "stage2")),
     nerf_stage("naive", f"dreambooth:{FULL}", ("dreambooth",)),
     nerf_stage("latent_nerf", f"dreambooth:{FULL}", ("dreambooth",), latent=True),
+    nerf_stage("dreamfusion", None, ()),  # the base model, prompted with the class noun: no subject
 )
 STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}
 
@@ -144,6 +145,10 @@ VARIANT_LIST: tuple[Variant, ...] = (
             userstudy=False),
     Variant("single_stage", "stage1", "Single stage (stage-1 NeRF)", "Initial NeRF (stage 1)", "single stage",
             headline=True),
+    # DreamFusion (Poole et al. 2022): SDS with the base model, no personalisation - the reference for
+    # prompt fidelity the method should not lose; it cannot look like the subject, so no study or headline
+    Variant("dreamfusion", "dreamfusion", "DreamFusion (base model)", "DreamFusion (base model, no subject)",
+            "DreamFusion", userstudy=False),
 )
 VARIANTS: dict[str, Variant] = {v.name: v for v in VARIANT_LIST}
 METHOD = next(v.name for v in VARIANT_LIST if v.method)

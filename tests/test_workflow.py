@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from db3d import variants as V
 from db3d import workflow as wf
 from db3d.config import load_config, parse_setting
 from db3d.errors import ConfigError
@@ -49,7 +50,9 @@ def test_dry_run_builds_every_stage_for_every_variant(track):
     assert counts["dreambooth"] == len(subjects) * seeds
     for rule in ("nerf_stage1", "pseudo_views", "dreambooth_multiview", "nerf_stage3"):
         assert counts[rule] == n_runs, rule
-    assert counts["nerf_baseline"] == len({"naive", "latent_nerf"} & set(variants)) * n_runs
+    baselines = {V.VARIANTS[v].judged for v in variants} & set(V.baseline_stages())
+    assert baselines >= ({"naive", "dreamfusion"} if synthetic else {"naive", "latent_nerf"})
+    assert counts["nerf_baseline"] == len(baselines) * n_runs
     assert counts["evaluate"] == len(variants) * n_runs
     assert counts["report"] == 1
 
@@ -302,3 +305,27 @@ def test_every_registered_backend_model_key_reaches_every_rule():
             {k: cfg["models"][k] for k in ("sd", "if", "tiny_space", "toy")}
     with pytest.raises(ConfigError, match="backend 'nope' is not registered"):
         registry.find("nope")
+
+
+def test_dreamfusion_is_the_base_model_without_the_subject():
+    """The DreamFusion reference: no DreamBooth upstream (its cache key ignores every DreamBooth
+    knob), no --dreambooth in its job, and a prompt without the subject's token."""
+    from types import SimpleNamespace
+
+    from db3d.data.prompts import get_prompt
+
+    assert not any(k.startswith("dreambooth") for k in wf.STAGE_KEYS["dreamfusion"])
+    assert wf.stage_setting("partial_steps~50/seed~1", "dreamfusion") == "seed~1"
+    assert wf.stage_setting("guidance_scale~20/seed~1", "dreamfusion") == "guidance_scale~20/seed~1"
+    w = SimpleNamespace(setting="seed~0", subject="mug_red", prompt_id="plain")
+    assert wf.guide_input(w, "dreamfusion") == [] and wf.guide_option([]) == ""
+    assert wf.guide_option(wf.guide_input(w, "naive")) == "--dreambooth runs/seed~0/mug_red/dreambooth/full.safetensors"
+    assert V.VARIANTS["dreamfusion"].stages == ("dreamfusion",)
+    assert not V.STAGES["dreamfusion"].personalised and V.STAGES["naive"].personalised
+    p = get_prompt(REPO / "config/synthetic/prompts.tsv", REPO / "config/synthetic/subjects.tsv", "mug_red", "blue")
+    assert p.text == "a blue sks mug" and p.generic_text == "a blue mug"
+    res = snakemake("runs/seed~0/mug_red/plain/dreamfusion/nerf.pt", "-n", "-p", "--forceall")
+    assert res.returncode == 0, res.stderr
+    cmd = [line for line in res.stdout.splitlines() if "python -m db3d nerf --stage dreamfusion" in line]
+    assert cmd and "--dreambooth" not in cmd[0], res.stdout[-2000:]
+    assert "rule dreambooth:" not in res.stdout  # nothing personalised upstream
