@@ -196,9 +196,9 @@ def _check_provenance(path: Path, sha: str, arch: dict, meta: dict, expected_sha
             f"{sha} (every stage made with the other prior then re-runs)")
     if prior_cfg is None:
         return
-    from ..synth.prior import DEFAULT_PRIOR_CFG, resolve_prior_cfg  # here: db3d.synth.prior imports this module
+    from ..synth.prior import default_prior_cfg, resolve_prior_cfg  # here: db3d.synth.prior imports this module
 
-    size, want = int(arch.get("image_size", IMAGE_SIZE)), int({**DEFAULT_PRIOR_CFG, **prior_cfg}["resolution"])
+    size, want = int(arch.get("image_size", IMAGE_SIZE)), int({**default_prior_cfg(), **prior_cfg}["resolution"])
     if size != want:
         raise ModelNotFoundError(
             f"toy model {path} was trained at {size} px but the config's toy_prior.resolution is {want}: "

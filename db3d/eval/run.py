@@ -112,7 +112,7 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
 
     nerf_path, subject_dir, out_dir = Path(nerf_path), Path(subject_dir), Path(out_dir)
     subject = subject_dir.name
-    seed = int(cfg.get("seed", (cfg.get("seeds") or [0])[0]))
+    seed = int(cfg["seed"])  # resolved once, by db3d.config (a rule passes it in --config-json)
     device = resolve_device(cfg)
     tiny = cfg["backend"] in ("tiny", "toy")  # offline backends: random CLIP/DINO stand-ins
     clock = Stopwatch(device)

@@ -69,7 +69,7 @@ def render_turntable(cfg: dict, field: Any, background: Any, meta: dict | None =
     extra = {k: False for k in ("train", "normals") if k in params}
 
     def _render(sz: int):
-        gen = torch.Generator(device="cpu").manual_seed(int(cfg.get("seed", 0)))
+        gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
         with torch.no_grad():
             return render(field, background, cams, sz, sz, shading="albedo",
                           ambient=float(cfg["nerf"]["shading"]["ambient"]),
