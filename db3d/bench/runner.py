@@ -310,7 +310,7 @@ class Bench(Rows):
         seed_everything(self.cfg["seed"], deterministic=base.deterministic)
         warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
         warnings.filterwarnings("ignore", message=".*deterministic.*CuBLAS.*")
-        self.device = resolve_device(self.cfg.get("device", "auto"))
+        self.device = resolve_device(self.cfg["device"])
         self.timer, self.memory = Timer(self.device), Memory(self.device)
         self.meta = self._environment()
         if self.scratch_root is not None:

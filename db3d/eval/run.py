@@ -71,7 +71,7 @@ def _note(*parts: str) -> str:
 
 
 def resolve_device(cfg: dict) -> torch.device:
-    dev = str(cfg.get("device", "auto"))
+    dev = str(cfg["device"])
     if dev == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(dev)
