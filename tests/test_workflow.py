@@ -236,10 +236,13 @@ def test_config_files_merge_in_order_like_snakemake():
 @pytest.mark.parametrize("track", ["default", "paper"])
 def test_plan_is_unchanged(track):
     """The job list of a dry run, every stage's cache key and rule config per cell, the evaluation
-    targets and the report's inputs are those the code planned before the experiment was declared
-    in db3d.variants (tests/data/plan_before.json, tests/plan_snapshot.py): for the variants and
-    stages that existed then (variants added since plan jobs of their own)."""
+    targets and the report's inputs are those main's code planned before the experiment was declared
+    in db3d.variants (tests/data/plan_before.json, tests/plan_snapshot.py), for the variants and
+    stages that existed then. With the config's own variants (dreamfusion added to the default
+    study since) the dry run plans the same jobs plus only jobs of the new variants' stages."""
     import plan_snapshot
+
+    from db3d import variants as V
 
     before = json.loads((REPO / "tests/data/plan_before.json").read_text())[track]
     now = plan_snapshot.snapshot(track, stages=sorted(before["stages"]), variants=before["variants"])
@@ -252,6 +255,16 @@ def test_plan_is_unchanged(track):
                                   now["stage_configs_main"].get(stage))
         else:
             assert now[key] == before[key], key
+    files, ablations = plan_snapshot.TRACKS[track]
+    variants = plan_snapshot._snakemake_config(files)["variants"]
+    added = [v for v in variants if v not in before["variants"]]
+    if not added or not isinstance(before["jobs"], list):
+        return
+    jobs = set(plan_snapshot.dry_run_jobs(files, variants, ablations[-1:]))
+    assert set(before["jobs"]) <= jobs
+    new_dirs = {f"/{V.STAGES[s].dir}/" for v in added for s in V.VARIANTS[v].stages} | {f"/eval/{v}/" for v in added}
+    stray = [j for j in jobs - set(before["jobs"]) if not any(d in j for d in new_dirs)]
+    assert not stray, stray[:5]
 
 
 @pytest.mark.parametrize("column", ["eval__num_views", "dataset__num_photos", "toy_prior__steps", "precision"])
@@ -297,12 +310,15 @@ def test_every_registered_backend_model_key_reaches_every_rule():
     specs = registry.backends()
     assert set(specs) == {"sd", "if", "tiny", "toy"}
     for spec in specs.values():
-        assert spec.config_key in wf.COMMON_KEYS
+        assert spec.config_key in wf.COMMON_KEYS and set(spec.also_keys) <= set(wf.COMMON_KEYS)
     cfg = load_config()
+    models = ("sd", "if", "tiny_space", "toy", "toy_sha256")
     for stage in wf.STAGE_KEYS:
         got = json.loads(wf.stage_rule_config(cfg, "seed~0", stage))
-        assert {k: got["models"][k] for k in ("sd", "if", "tiny_space", "toy")} == \
-            {k: cfg["models"][k] for k in ("sd", "if", "tiny_space", "toy")}
+        assert {k: got["models"][k] for k in models} == {k: cfg["models"][k] for k in models}
+        # the toy prior's recipe reaches a rule only when toy is the backend (its selected_keys)
+        assert got["toy_prior"] == cfg["toy_prior"]
+        assert "toy_prior" not in json.loads(wf.stage_rule_config(dict(cfg, backend="tiny"), "seed~0", stage))
     with pytest.raises(ConfigError, match="backend 'nope' is not registered"):
         registry.find("nope")
 
