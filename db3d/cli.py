@@ -18,14 +18,18 @@ def _config(args: argparse.Namespace) -> dict:
 
     Rules pass `--config-json` holding only the keys that rule reads (see db3d.workflow), already
     validated by the Snakefile; a key outside it is a KeyError, never a silent default.
+    A GPU command leases its GPU here, before anything initialises CUDA (db3d.devices).
     """
     import json
 
     from .config import load_config, parse_overrides
+    from .devices import claim
 
     if getattr(args, "config_json", None):
-        return json.loads(args.config_json)
-    return load_config(args.config, parse_overrides(getattr(args, "set", None)))
+        cfg = json.loads(args.config_json)
+    else:
+        cfg = load_config(args.config, parse_overrides(getattr(args, "set", None)))
+    return claim(args.command, cfg)
 
 
 def cmd_write_json(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ rule evaluate:
     log:
         "logs/{setting}/{subject}/{prompt_id}/eval_{variant}.log",
     resources:
-        **GPU,
+        **GPU["evaluate"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -39,7 +39,7 @@ rule reference_untrained:
     log:
         "logs/{setting}/{subject}/reference_untrained.log",
     resources:
-        **GPU,
+        **GPU["reference"],
     conda:
         "../envs/gpu.yaml"
     shell:

@@ -16,7 +16,7 @@ rule class_priors:
     log:
         "logs/class_priors/{backend}/{cls}.log",
     resources:
-        **GPU,
+        **GPU["class-priors"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -38,7 +38,7 @@ rule dreambooth:
     log:
         "logs/{setting}/{subject}/dreambooth.log",
     resources:
-        **GPU,
+        **GPU["dreambooth"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -59,7 +59,7 @@ rule nerf_stage1:
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage1.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -81,7 +81,7 @@ rule pseudo_views:
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage2.log",
     resources:
-        **GPU,
+        **GPU["pseudo-views"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -104,7 +104,7 @@ rule dreambooth_multiview:
     log:
         "logs/{setting}/{subject}/{prompt_id}/dreambooth_multiview.log",
     resources:
-        **GPU,
+        **GPU["dreambooth"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -127,7 +127,7 @@ rule nerf_stage3:
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage3.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -155,7 +155,7 @@ rule nerf_baseline:
     log:
         "logs/{setting}/{subject}/{prompt_id}/{baseline}.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
