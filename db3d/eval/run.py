@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_path, write_json
+from ..variants import EVAL_FILES
 from .table import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
                 "janus": janus_info, "mesh": mesh_info, "timing_s": timing,
                 **({"ground_truth": gt_info} if gt_info is not None else {})})
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    out = out_dir / "metrics.tsv"
+    out = out_dir / EVAL_FILES["metrics"]
     with atomic_path(out) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
     return out
