@@ -53,3 +53,24 @@ def test_the_script_runs_the_graph_on_the_cpu(tmp_path):
     again = subprocess.run(["bash", "scripts/device_packing.sh"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and "device_slots 2: done in an earlier call" in again.stdout
+
+
+def test_cost_table_counts_the_paper_study_and_says_what_is_measured(tmp_path, monkeypatch):
+    from db3d.bench import cost
+    from db3d.config import load_config
+
+    monkeypatch.chdir(REPO)
+    counts = cost.study_counts(load_config(["config/config.yaml", "config/paper.yaml"]))
+    # 30 subjects x 4 prompts x 3 seeds; 4 variants evaluated per cell; 15 classes
+    assert (counts["cells"], counts["evaluate"], counts["dreambooth"], counts["class_priors"]) == (360, 1440, 90, 15)
+    walls = cost.job_walls(REPO / "reports/bench/e2e_paper.tsv", REPO / "reports/bench/sd.tsv")
+    assert walls["stage3"][1].startswith("measured") and walls["naive"][1].startswith("projection")
+    total = sum(counts[k] * walls[k][0] for k in counts if k != "cells")
+    assert "pending" in cost.markdown(counts, walls, *cost.packing_speedup(tmp_path / "none.tsv"))
+    pk = tmp_path / "packing.tsv"
+    pk.write_text(HEAD + "1\t1\t1000\t23\t0\t\t\t1\n2\t1\t625\t23\t0\t\t\t1\n")
+    speed, src = cost.packing_speedup(pk)
+    assert speed == 1.6 and src.startswith("measured")
+    md = cost.markdown(counts, walls, speed, src)
+    assert f"| 1 host x 8 GPUs (lease + device_slots) | {total / 8 / 1.6 / 3600:.1f} h |" in md
+    assert f"| Slurm cluster, 8 GPUs | {total / 8 / 3600:.1f} h |" in md
