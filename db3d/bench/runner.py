@@ -406,6 +406,9 @@ def main(args) -> int:
 
     overrides = parse_overrides(getattr(args, "set", None))
     cfg = load_bench_config(getattr(args, "config", None), overrides, getattr(args, "config_json", None))
+    from ..devices import claim
+
+    cfg = claim("bench", cfg)  # a GPU of its own on a multi-GPU host (db3d.devices), before CUDA starts
     try:
         # the base variant runs as the config's stages would: its deterministic / compile_unet
         variants = variants_from_args(args, config_options(cfg, STAGE_COMPILE))
