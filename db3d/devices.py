@@ -28,31 +28,26 @@ from .errors import ConfigError
 
 log = logging.getLogger("db3d.devices")
 
-# The GPU commands of `python -m db3d` and how they hold a GPU: the one declaration of which jobs
-# may share one (the Snakefile's resources and the job's lease both read it). DreamBooth training
-# (and class-prior sampling at batch size, the toy prior, bench timings) fill a GPU on their own.
-GPU_COMMANDS = {
-    "class-priors": "exclusive",
-    "dreambooth": "exclusive",
-    "toy-prior": "exclusive",
-    "bench": "exclusive",
-    "nerf": "light",
-    "pseudo-views": "light",
-    "evaluate": "light",
-    "reference": "light",
-}
+# The GPU commands of `python -m db3d`. Which of them take a GPU whole is config
+# `device_exclusive` (default: DreamBooth training, class-prior sampling at batch size, the toy
+# prior and bench timings, which fill a GPU with a real model; the toy backend's small jobs may share).
+GPU_COMMANDS = ("class-priors", "dreambooth", "toy-prior", "bench", "nerf", "pseudo-views", "evaluate",
+                "reference")
 # Set by the Snakefile from config `device_slots` for the jobs it starts (they inherit its
 # environment): jobs per GPU. A job started by hand, without it, takes its GPU whole.
 SLOTS_ENV = "DB3D_DEVICE_SLOTS"
+# ... and from config `device_exclusive`, comma-separated: the commands that take a GPU whole
+# (without it, every command does).
+EXCLUSIVE_ENV = "DB3D_DEVICE_EXCLUSIVE"
 # The lease folder: one per host, shared by every job on it (tests point it elsewhere).
 DIR_ENV = "DB3D_LEASE_DIR"
 DEFAULT_DIR = "/tmp/db3d_device_leases"
 _POLL_S = 0.5
 
 
-def job_slots(command: str, device_slots: int) -> int:
-    """Slots of one GPU a job of `command` holds: 1 for a light job, all for an exclusive one."""
-    return device_slots if GPU_COMMANDS[command] == "exclusive" else 1
+def job_slots(command: str, device_slots: int, exclusive) -> int:
+    """Slots of one GPU a job of `command` holds: all for an exclusive one, else 1."""
+    return device_slots if command in exclusive else 1
 
 
 def plan_resources(workflow, config: dict, gpu_count: int) -> dict[str, dict[str, int]]:
@@ -62,17 +57,22 @@ def plan_resources(workflow, config: dict, gpu_count: int) -> dict[str, dict[str
     `--resources gpu=N`) x `device_slots`, registered as the `gpu_slots` resource unless given
     explicitly. `gpu_count` is 0 on a CPU run: then no job asks for a slot.
     """
-    slots = config["device_slots"]
+    slots, exclusive = config["device_slots"], config["device_exclusive"]
+    unknown = sorted(set(exclusive) - set(GPU_COMMANDS))
+    if unknown:
+        raise ConfigError(f"device_exclusive: {', '.join(unknown)} is not a GPU command (known: "
+                          f"{', '.join(GPU_COMMANDS)}); fix device_exclusive in the config")
     os.environ[SLOTS_ENV] = str(slots)
+    os.environ[EXCLUSIVE_ENV] = ",".join(exclusive)
     res = workflow.global_resources
     if "gpu" in res and "gpu_slots" not in res and res["gpu"].value is not None:
         workflow.register_resource("gpu_slots", int(res["gpu"].value) * slots)
     if gpu_count and "gpu_slots" in res and res["gpu_slots"].value is not None \
             and int(res["gpu_slots"].value) < slots:
         raise ConfigError(f"resource gpu_slots={res['gpu_slots'].value} is less than device_slots={slots}, "
-                          "so a DreamBooth job (a whole GPU) could never start; set --resources gpu=<GPUs> "
+                          "so an exclusive job (a whole GPU) could never start; set --resources gpu=<GPUs> "
                           "and leave gpu_slots to the Snakefile")
-    return {cmd: {"gpu_slots": gpu_count * job_slots(cmd, slots)} for cmd in GPU_COMMANDS}
+    return {cmd: {"gpu_slots": gpu_count * job_slots(cmd, slots, exclusive)} for cmd in GPU_COMMANDS}
 
 
 def visible_devices() -> list[str]:
@@ -155,6 +155,42 @@ def _free_slots(lease_dir: Path, device: str, n: int) -> int:
     return free
 
 
+def _place(devices: list[str], device_slots: int, take: int, lease_dir: Path, job: str) -> Lease | None:
+    """`take` slots of the GPU with the most free ones, or None when no GPU has that many free."""
+    order = sorted(devices, key=lambda d: -_free_slots(lease_dir, d, device_slots))
+    for dev in order:
+        files, slots = [], []
+        for s in range(device_slots):
+            f = _try_lock(_slot_path(lease_dir, dev, s))
+            if f is not None:
+                files.append(f)
+                slots.append(s)
+                if len(files) == take:
+                    break
+        if len(files) == take:
+            for f, s in zip(files, slots):
+                _take_over(f, _slot_path(lease_dir, dev, s), job)
+            return Lease(dev, slots, lease_dir, files)
+        for f in files:
+            f.close()
+    return None
+
+
+class _placement_lock:
+    """An exclusive flock on the lease folder's `.placement` file while a job picks its GPU."""
+
+    def __init__(self, lease_dir: Path):
+        self.path = lease_dir / ".placement"
+
+    def __enter__(self):
+        self.f = open(self.path, "a+")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # drops the lock
+
+
 def acquire(devices: list[str], device_slots: int, take: int, lease_dir: Path, job: str = "",
             timeout_s: float | None = None) -> Lease:
     """Hold `take` slots of one of `devices` (waiting while all are busy). Light jobs (take 1) go
@@ -175,22 +211,10 @@ def acquire(devices: list[str], device_slots: int, take: int, lease_dir: Path, j
                           "every job on this host can write") from None
     t0, said = time.monotonic(), 0.0
     while True:
-        order = sorted(devices, key=lambda d: -_free_slots(lease_dir, d, device_slots))
-        for dev in order:
-            files, slots = [], []
-            for s in range(device_slots):
-                f = _try_lock(_slot_path(lease_dir, dev, s))
-                if f is not None:
-                    files.append(f)
-                    slots.append(s)
-                    if len(files) == take:
-                        break
-            if len(files) == take:
-                for f, s in zip(files, slots):
-                    _take_over(f, _slot_path(lease_dir, dev, s), job)
-                return Lease(dev, slots, lease_dir, files)
-            for f in files:
-                f.close()
+        with _placement_lock(lease_dir):  # one job at a time picks: two starting together see each other
+            lease = _place(devices, device_slots, take, lease_dir, job)
+        if lease is not None:
+            return lease
         waited = time.monotonic() - t0
         if timeout_s is not None and waited >= timeout_s:
             raise TimeoutError(f"no free GPU slot after {waited:.0f} s")
@@ -231,7 +255,8 @@ def claim(command: str, cfg: dict) -> dict:
     if torch is not None and torch.cuda.is_initialized():
         raise RuntimeError("device lease: CUDA was initialised before the lease narrowed CUDA_VISIBLE_DEVICES")
     slots = int(os.environ.get(SLOTS_ENV, "1"))
-    lease = acquire(devices, slots, job_slots(command, slots),
+    exclusive = os.environ[EXCLUSIVE_ENV].split(",") if EXCLUSIVE_ENV in os.environ else GPU_COMMANDS
+    lease = acquire(devices, slots, job_slots(command, slots, exclusive),
                     Path(os.environ.get(DIR_ENV, DEFAULT_DIR)), job=command)
     _HELD.append(lease)
     atexit.register(lease.release)  # a clean exit leaves no record; a kill leaves one (reported)

@@ -8,7 +8,7 @@
 # scripts/carry_wheels.sh; nerfacc's CUDA ops built once or carried in .carry/nerfacc). The shipped
 # prior comes out of the DVC remote committed with the repository (models/dvc-remote; the device has
 # no dvc), checked against models.toy_sha256 by every job as usual.
-# The study: `snakemake --cores $(nproc) --resources gpu=$DB3D_STUDY_GPU_JOBS` (default 16 jobs on the
+# The study: `snakemake --cores $(nproc) --config device_slots=$DB3D_STUDY_GPU_JOBS` (default 16 jobs on the
 # one GPU: the toy prior is small, a job holds < 2 GiB and is bound by its host thread) up to the report, which is typeset where typst is installed:
 # $OUT/study.tgz holds results/, logs/, the run folders' JSON/PNG/GIF (no weights) and the built
 # data/synthetic photos, enough for `python -m db3d report` (the report rule's command) elsewhere.
@@ -72,7 +72,7 @@ print("models/toy:", sorted(p.name for p in dest.iterdir()))
 EOF
     say "== snakemake: configs $CONFIGS, $JOBS GPU jobs at once, ${LIMIT} s at most"
     local t=$SECONDS rc
-    timeout -s INT -k 30 "$LIMIT" "$PY" -m snakemake --cores "$CORES" --resources gpu="$JOBS" --scheduler greedy \
+    timeout -s INT -k 30 "$LIMIT" "$PY" -m snakemake --cores "$CORES" --resources gpu=1 --config device_slots="$JOBS" --scheduler greedy \
         --configfile $CONFIGS --omit-from report -- reports/main.pdf > "$OUT/snakemake.log" 2>&1
     rc=$?
     say "snakemake exit $rc after $((SECONDS - t)) s"

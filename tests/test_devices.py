@@ -21,9 +21,10 @@ from db3d.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _job(lease_dir: Path, visible: str, slots: int, command: str = "nerf") -> subprocess.Popen:
+def _job(lease_dir: Path, visible: str, slots: int, command: str = "nerf",
+         exclusive: str = "class-priors,dreambooth,toy-prior,bench") -> subprocess.Popen:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible, DB3D_LEASE_DIR=str(lease_dir),
-               DB3D_DEVICE_SLOTS=str(slots), PYTHONPATH=str(REPO))
+               DB3D_DEVICE_SLOTS=str(slots), DB3D_DEVICE_EXCLUSIVE=exclusive, PYTHONPATH=str(REPO))
     env.pop("SLURM_JOB_ID", None)
     return subprocess.Popen([sys.executable, "-m", "db3d.devices", command], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -151,12 +152,32 @@ class _Workflow:
 
 def test_plan_resources_slots_per_job_and_the_hosts_total(monkeypatch):
     monkeypatch.delenv("DB3D_DEVICE_SLOTS", raising=False)
+    monkeypatch.delenv("DB3D_DEVICE_EXCLUSIVE", raising=False)
     wf = _Workflow(gpu=4)
-    res = devices.plan_resources(wf, {"device_slots": 2}, gpu_count=1)
+    cfg = {"device_slots": 2, "device_exclusive": ["class-priors", "dreambooth", "toy-prior", "bench"]}
+    res = devices.plan_resources(wf, cfg, gpu_count=1)
     assert wf.global_resources["gpu_slots"].value == 8  # 4 GPUs x 2 jobs each
     assert res["nerf"] == res["evaluate"] == res["pseudo-views"] == {"gpu_slots": 1}
     assert res["dreambooth"] == res["class-priors"] == {"gpu_slots": 2}
     assert os.environ["DB3D_DEVICE_SLOTS"] == "2"  # what the jobs' leases read
-    assert devices.plan_resources(_Workflow(gpu=1), {"device_slots": 2}, gpu_count=0)["dreambooth"] == {"gpu_slots": 0}
+    assert devices.plan_resources(_Workflow(gpu=1), cfg, gpu_count=0)["dreambooth"] == {"gpu_slots": 0}
     with pytest.raises(ConfigError, match="gpu_slots=1 is less than device_slots=2"):
-        devices.plan_resources(_Workflow(gpu=1, gpu_slots=1), {"device_slots": 2}, gpu_count=1)
+        devices.plan_resources(_Workflow(gpu=1, gpu_slots=1), cfg, gpu_count=1)
+
+
+def test_device_exclusive_decides_which_jobs_take_a_gpu_whole(tmp_path, jobs, monkeypatch):
+    cfg = {"device_slots": 4, "device_exclusive": ["dreambooth"]}
+    res = devices.plan_resources(_Workflow(gpu=1), cfg, 1)
+    assert res["dreambooth"] == {"gpu_slots": 4} and res["class-priors"] == {"gpu_slots": 1}
+    assert res["nerf"] == {"gpu_slots": 1}
+    assert os.environ[devices.EXCLUSIVE_ENV] == "dreambooth"
+    # the toy study's setting: nothing exclusive, so DreamBooth jobs share the GPU with each other
+    assert devices.plan_resources(_Workflow(gpu=1), dict(cfg, device_exclusive=[]), 1)["dreambooth"] == {"gpu_slots": 1}
+    a = _job(tmp_path, "0", 2, "dreambooth", exclusive="")
+    b = _job(tmp_path, "0", 2, "dreambooth", exclusive="")
+    jobs.extend([a, b])
+    assert _granted(a)[1] == "0" and _granted(b)[1] == "0"  # both on GPU 0 at once, a slot each
+    with pytest.raises(ConfigError, match="device_exclusive: dreamboth is not a GPU command"):
+        devices.plan_resources(_Workflow(gpu=1), dict(cfg, device_exclusive=["dreamboth"]), 1)
+    monkeypatch.delenv(devices.EXCLUSIVE_ENV, raising=False)
+    monkeypatch.delenv(devices.SLOTS_ENV, raising=False)
