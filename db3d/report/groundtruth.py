@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from . import figures, verdicts
-from .build import VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
+from .common import BASELINE_WORDS, BASELINES, METHOD, VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
+from .select import GT_MODEL
 from .stats import fmt_mean_se, mean_se
 
-GT_MODEL = "ground truth"
 # (metric, label, unit, higher is better), in display order
 GT_METRICS = [
     ("psnr", "PSNR", "dB", True),
@@ -43,10 +43,7 @@ GT_LABEL = {m: label for m, label, _, _ in GT_METRICS}
 GT_UNIT = {m: unit for m, _, unit, _ in GT_METRICS}
 GT_HIGHER = {m: hib for m, _, _, hib in GT_METRICS}
 PLOT_METRICS = ["psnr", "silhouette_iou", "chamfer", "janus_gt"]
-# the headline: DreamBooth3D against each of these baselines (where both have ground-truth rows)
-METHOD = "dreambooth3d"
-BASELINES = ["naive", "single_stage"]
-BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf": "Latent-NeRF"}
+# the headline: METHOD against each of BASELINES (db3d.report.common), where both have ground-truth rows
 # a run: what two variants' rows must share to be paired (seed~N settings: the seed; subject; prompt)
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"

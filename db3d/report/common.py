@@ -1,0 +1,110 @@
+"""The report's vocabulary and the small helpers every part of it shares.
+
+All of the report's variant and stage vocabulary lives here and only here (display order and names,
+which NeRF stage judges a variant, the stage labels of the wall-time table, the headline's method
+and baselines), so that a declaration of the experiment elsewhere (db3d.variants, issue 19) replaces
+one module. The other report modules import these names; none keeps a copy.
+
+No import of the other report modules (build, groundtruth, sections, ... all import this one), so
+there is no import circle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..config import resolve_key
+from .select import base_model
+from .stats import fmt_mean_se, mean_se
+
+# Display order and names of the variants (the code names stay visible in the tables).
+VARIANT_ORDER = ["latent_nerf", "naive", "dreambooth3d", "single_stage"]
+VARIANT_NAMES = {
+    "latent_nerf": "Latent-NeRF",
+    "naive": "DreamBooth+Fusion",
+    "dreambooth3d": "DreamBooth3D",
+    "single_stage": "Single stage (stage-1 NeRF)",
+}
+CLIP_ORDER = ["ViT-B-16", "ViT-B-32", "ViT-L-14"]
+PAPER_CLIP_LABELS = {"ViT-B-16": "ViT-B/16", "ViT-B-32": "ViT-B/32", "ViT-L-14": "ViT-L/14"}
+# Backends whose CLIP/DINO metrics come from the random-weight stand-ins (toy: its prior is trained,
+# the evaluation models are not; the ground-truth metrics are its real numbers, db3d.report.groundtruth).
+STAND_IN_BACKENDS = ("tiny", "toy")
+
+# NeRF stage folder whose training turntable shows a variant (when its eval GIF is missing).
+NERF_STAGE_PNG = {"dreambooth3d": "stage3", "single_stage": "stage1", "naive": "naive", "latent_nerf": "latent_nerf"}
+# db3d.workflow stage -> its label in the wall-time table, in display order (evaluation last).
+STAGE_LABELS = {"dreambooth": "dreambooth", "stage1": "stage1", "multiview": "dreambooth_multiview",
+                "stage3": "stage3", "naive": "naive", "latent_nerf": "latent_nerf"}
+STAGE_ORDER = [*STAGE_LABELS.values(), "evaluate"]
+# The gallery's rows: variant -> label (stage 2's pseudo views go after the single stage).
+GALLERY_ROWS = [("single_stage", "Initial NeRF (stage 1)"), ("dreambooth3d", "Final NeRF (DreamBooth3D)"),
+                ("naive", "Naive baseline (DreamBooth+Fusion)"), ("latent_nerf", "Latent-NeRF")]
+# The headline (ground truth): DreamBooth3D against each of these baselines (where both have rows).
+METHOD = "dreambooth3d"
+BASELINES = ["naive", "single_stage"]
+BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf": "Latent-NeRF"}
+
+def report_outputs(out_pdf) -> dict[str, str]:
+    """The report's three outputs for a PDF path: the HTML page beside it and summary.md in its
+    folder (rules/report.smk declares its outputs with this; build_report writes them)."""
+    p = Path(out_pdf)
+    return {"pdf": str(out_pdf), "html": str(p.with_suffix(".html")), "summary": str(p.parent / "summary.md")}
+
+
+def variant_sort_key(v: str) -> tuple:
+    return (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER), v)
+
+
+def model_sort_key(label: str) -> tuple:
+    b = base_model(label)
+    return (CLIP_ORDER.index(b) if b in CLIP_ORDER else len(CLIP_ORDER), b, label)
+
+
+def fmt_num(v: Any, digits: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "\u2014"
+    if math.isnan(f):
+        return "\u2014"
+    return f"{f:.{digits}f}"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def canonical_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def config_value(cfg: dict, param: str) -> Any:
+    node: Any = cfg
+    for part in resolve_key(param).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+
+def columns_table(df, columns: list[tuple[str, str, str]], variants: list[str]) -> dict:
+    """Rows = variants, one column per (metric, model, header): mean +- s.e. (n)."""
+    rows = []
+    for v in variants:
+        cells, ns = [], []
+        for metric, model, _ in columns:
+            vals = df[(df["variant"] == v) & (df["metric"] == metric) & (df["model"] == model)]["value"].tolist()
+            mean, se, n = mean_se(vals)
+            ns.append(n)
+            cells.append(fmt_mean_se(mean, se, n))
+        if max(ns, default=0) == 0:
+            continue
+        n_txt = str(max(ns)) if min(ns) == max(ns) else "/".join(map(str, ns))
+        rows.append({"label": VARIANT_NAMES.get(v, v), "code": v, "cells": [n_txt] + cells})
+    return {"header": ["Variant", "n"] + [h for _, _, h in columns], "rows": rows}
+
