@@ -751,7 +751,7 @@ def test_paper_results_equal_the_shared_source():
     assert len(bars) == len(p["user_study"]["bars"]) == 5
     for r, b in zip(bars, p["user_study"]["bars"]):
         assert (questions[r[0]], baselines[r[1]]) == (b["question"], b["baseline"])
-        assert [int(re.match(r"\d+", r[2]).group()), int(re.match(r"\d+", r[5]).group())] == \
+        assert [int(re.match(r"\d+", r[2]).group()), int(re.match(r"\d+", r[4]).group())] == \
             [b["method"], b["baseline_preferred"]], r
     assert "2303.13508" in p["citation"]
 
