@@ -4,6 +4,7 @@
 from snakemake.utils import min_version
 
 import db3d.config
+import db3d.devices
 
 min_version("8.0")
 
@@ -16,6 +17,7 @@ db3d.config.check_snakemake_config(config)  # --config strings -> schema types; 
 import json
 import sys
 
+import db3d.variants as V  # the stages, variants and file names, declared once
 import db3d.workflow as wf
 from db3d.data.prompts import prompt_id_pattern
 from db3d.errors import Db3dError
@@ -23,11 +25,17 @@ from db3d.errors import Db3dError
 MAIN_SETTINGS = wf.main_settings(config)
 SUBJECT_META = wf.subject_meta(config)  # data/subjects/... (DreamBooth photos) or data/synthetic/...
 PRIOR = wf.prior_checkpoint(config)  # the toy prior's weights, an input of every model rule
-GPU = {"gpu": wf.gpu_count(config)}  # resources of every job that runs a model
-# Planning-time check of the ablation tables named in the config (missing table, unknown column,
-# a value the schema refuses, partial_steps > full_steps): one line and exit 1, before any job.
+# Planning-time check of the variants (declared in db3d.variants, runnable by the backend) and of
+# the ablation tables named in the config (missing table, unknown column, a column no evaluated
+# stage reads, a value the schema refuses, partial_steps > full_steps): one line and exit 1.
 try:
     ABLATION_SETTINGS = wf.checked_ablation_settings(config)
+except Db3dError as e:
+    sys.exit(f"db3d: error: {e}")
+# Each model rule's resources by its db3d command: slots of this host's GPUs (db3d.devices: a
+# light job 1 of config device_slots, DreamBooth all; the local total gpu_slots = gpu x device_slots)
+try:
+    GPU = db3d.devices.plan_resources(workflow, config, wf.gpu_count(config))
 except Db3dError as e:
     sys.exit(f"db3d: error: {e}")
 ALL_SETTINGS = MAIN_SETTINGS + [s for s in ABLATION_SETTINGS if s not in MAIN_SETTINGS]
@@ -36,7 +44,7 @@ ALL_SETTINGS = MAIN_SETTINGS + [s for s in ABLATION_SETTINGS if s not in MAIN_SE
 wildcard_constraints:
     subject=r"[A-Za-z0-9_]+",
     prompt_id=prompt_id_pattern(config["dataset"]["prompts_table"]),  # an unknown prompt: refused at planning
-    variant=r"dreambooth3d|naive|single_stage|latent_nerf",
+    variant=wf.VARIANT_PATTERN,  # the variants of db3d.variants
     cls=r"[a-z0-9_]+",
     setting=r"[A-Za-z0-9_.-]+~[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.-]+~[A-Za-z0-9_.+-]+)*",
 

@@ -18,14 +18,18 @@ def _config(args: argparse.Namespace) -> dict:
 
     Rules pass `--config-json` holding only the keys that rule reads (see db3d.workflow), already
     validated by the Snakefile; a key outside it is a KeyError, never a silent default.
+    A GPU command leases its GPU here, before anything initialises CUDA (db3d.devices).
     """
     import json
 
     from .config import load_config, parse_overrides
+    from .devices import claim
 
     if getattr(args, "config_json", None):
-        return json.loads(args.config_json)
-    return load_config(args.config, parse_overrides(getattr(args, "set", None)))
+        cfg = json.loads(args.config_json)
+    else:
+        cfg = load_config(args.config, parse_overrides(getattr(args, "set", None)))
+    return claim(args.command, cfg)
 
 
 def cmd_write_json(args: argparse.Namespace) -> None:
@@ -151,6 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .variants import nerf_stages
+
     p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_dreambooth)
 
     sp = with_config(sub.add_parser("nerf", help="optimise a NeRF by score distillation"))
-    sp.add_argument("--stage", required=True, choices=["stage1", "stage3", "naive", "latent_nerf"])
+    sp.add_argument("--stage", required=True, choices=nerf_stages())
     sp.add_argument("--dreambooth", help="DreamBooth checkpoint guiding the NeRF (omit: the base model, "
                     "i.e. plain DreamFusion)")
     sp.add_argument("--subject-dir", required=True)

@@ -70,6 +70,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
             message = message[:297] + "..."
         raise ConfigError(f"{source}: {key}: {message}; fix it in the config file or --config "
                           "(schema: config/schema.yaml)")
+    from .variants import VARIANTS  # the variant names are declared there, not in the schema
+
+    unknown = [v for v in cfg.get("variants", []) if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"{source}: variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)}); "
+                          "fix `variants` in the config")
     return cfg
 
 
@@ -145,30 +151,44 @@ def parse_seed(value: Any, where: str = "seed") -> int:
     return seed
 
 
-def load_config(path: str | Path | list | tuple | None = None, overrides: dict[str, Any] | None = None) -> dict:
-    """Read YAML/JSON config file(s), apply dotted-key overrides, validate, and return the result.
+def load_config(path: str | Path | list | tuple | None = None, overrides: dict[str, Any] | None = None,
+                *, json_text: str | None = None) -> dict:
+    """Read YAML/JSON config file(s), apply dotted-key overrides, validate, and return the result:
+    the one loader (the commands, the benchmark and the toy prior's defaults all go through it).
 
     Several files merge in order, later keys winning, as Snakemake merges `--configfile`s: so
     `[config/config.yaml, config/paper.yaml]` is the paper setting from the command line too.
+    `json_text`: a whole config as JSON instead of files (the benchmark's --config-json).
     """
-    paths = [DEFAULT_CONFIG_PATH] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     cfg: dict = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
-        text = p.read_text()
-        part = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    if json_text is not None:
+        part = json.loads(json_text)
         if not isinstance(part, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+            raise ConfigError("--config-json: expected a mapping at the top level")
         merge_into(cfg, part)
-    path = " + ".join(map(str, paths))
+        path = "config-json"
+    else:
+        paths = [DEFAULT_CONFIG_PATH] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+        for p in map(Path, paths):
+            if not p.exists():
+                raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
+            text = p.read_text()
+            part = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+            if not isinstance(part, dict):
+                raise ConfigError(f"{p}: expected a mapping at the top level")
+            merge_into(cfg, part)
+        path = " + ".join(map(str, paths))
     seed = cfg.pop("seed", None)
     cfg = apply_overrides(cfg, overrides or {})
     seed = (overrides or {}).get("seed", seed)
     validate(cfg, str(path))
-    # a command run by hand gets the first of the config's seeds unless told otherwise
-    cfg["seed"] = parse_seed(seed) if seed is not None else int(cfg["seeds"][0])
+    cfg["seed"] = parse_seed(seed) if seed is not None else default_seed(cfg)
     return cfg
+
+
+def default_seed(cfg: dict) -> int:
+    """The seed of a run that names none: the first of the config's `seeds` (schema-required)."""
+    return int(cfg["seeds"][0])
 
 
 def merge_into(base: dict, update: dict) -> dict:
@@ -264,5 +284,5 @@ def setting_config(base: dict, setting: str, check: bool = True) -> dict:
     cfg = apply_overrides({k: v for k, v in base.items() if k != "seed"}, overrides)
     if check:
         validate(cfg, f"setting {setting}")
-    cfg["seed"] = parse_seed(overrides.get("seed", base.get("seeds", [0])[0]), f"setting {setting}: seed")
+    cfg["seed"] = parse_seed(overrides["seed"], f"setting {setting}: seed") if "seed" in overrides else default_seed(base)
     return cfg

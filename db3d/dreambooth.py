@@ -1,7 +1,8 @@
 """DreamBooth fine-tuning (Ruiz et al. 2023) with class-prior preservation, on any `DiffusionBackend`.
 
 As diffusers' examples/dreambooth/train_dreambooth.py: each step concatenates `batch_size` instance
-images (with their prompts, e.g. "a sks dog" or, in multi-view DreamBooth, "a sks dog, side view")
+images (with their prompts: "a sks dog"; in multi-view DreamBooth the pseudo views' captions,
+"a sks dog, side view" or their NeRF prompt as `dreambooth.multiview_caption` says, db3d.stages)
 and `batch_size` class-prior images ("a dog") into ONE forward pass, and minimises
 `instance MSE + prior_loss_weight * prior MSE` with AdamW (weight decay 1e-2, grad-norm clip 1).
 

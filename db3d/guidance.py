@@ -37,6 +37,7 @@ class ScoreDistillation:
 
     def __init__(self, backend: DiffusionBackend, sds_cfg: dict, total_iters: int):
         self.backend = backend
+        # every key is schema-required (config/schema.yaml, sds): no default here
         self.guidance_scale = float(sds_cfg["guidance_scale"])
         lo, hi = (float(v) for v in sds_cfg["t_range"])
         if not 0.0 <= lo <= hi <= 1.0:

@@ -9,7 +9,7 @@
 - pseudo views (stage 2): renders of the initial NeRF, noised to `stage2.noise_level` and
   denoised by the full DreamBooth model, one image per view, saved with their cameras.
 
-Variants are configurations of this one code path (see db3d.workflow.VARIANT_NERF), never copies.
+Variants are configurations of this one code path (declared in db3d.variants), never copies.
 Every stage is seeded, writes its outputs atomically, and resumes a killed run from its last
 resume state (`.resume.pt` beside the outputs).
 """
@@ -29,6 +29,8 @@ from . import jobperf
 from .errors import ConfigError, DataError
 from .io import (atomic_path, file_sha256, load_resume_state, resume_settings, save_image, seed_everything,
                  torch_load, torch_save, write_json)
+from .variants import (FULL, LOSSES, MULTIVIEW_LOSSES, MULTIVIEW_MODEL, NERF, PARTIAL, PSEUDO_VIEWS,
+                       PRIORS_MANIFEST, PSEUDO_VIEWS_PNG, STAGES, TURNTABLE)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def load_class_priors(priors_dir: Path, size: int) -> tuple[torch.Tensor, str]:
 
     from .io import read_json
 
-    manifest = read_json(priors_dir / "manifest.json")
+    manifest = read_json(priors_dir / PRIORS_MANIFEST)
     images = []
     for name in manifest["files"]:
         img = Image.open(priors_dir / name).convert("RGB").resize((size, size), Image.BICUBIC)
@@ -121,7 +123,7 @@ def class_priors(cfg: dict, class_noun: str, out_dir: Path) -> None:
         tmp.mkdir(parents=True)
         for name, img in zip(files, images):
             save_image(tmp / name, img)
-        write_json(tmp / "manifest.json", {
+        write_json(tmp / PRIORS_MANIFEST, {
             "class_noun": class_noun, "class_prompt": class_prompt, "files": files,
             "backend": cfg["backend"], "num_steps": cfg["dreambooth"]["class_sample_steps"],
             "seed": cfg["seed"]})
@@ -149,9 +151,8 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
             raise ConfigError(f"dreambooth.partial_steps ({db['partial_steps']}) exceeds "
                               f"dreambooth.full_steps ({db['full_steps']}); lower it")
         steps = db["full_steps"]
-        checkpoints = {db["partial_steps"]: out_dir / "partial.safetensors",
-                       db["full_steps"]: out_dir / "full.safetensors"}
-        losses_path = out_dir / "losses.json"
+        checkpoints = {db["partial_steps"]: out_dir / PARTIAL, db["full_steps"]: out_dir / FULL}
+        losses_path = out_dir / LOSSES
     else:
         views = torch_load(pseudo_views)
         view_images = F.interpolate(views["images"].float(), size=backend.image_size, mode="bilinear",
@@ -159,8 +160,8 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
         images = torch.cat([images, view_images])
         prompts = prompts + multiview_captions(db["multiview_caption"], instance_prompt, views, backend)
         steps = db["multiview_steps"]
-        checkpoints = {steps: out_dir / "dreambooth_mv.safetensors"}
-        losses_path = out_dir / "dreambooth_mv_losses.json"
+        checkpoints = {steps: out_dir / MULTIVIEW_MODEL}
+        losses_path = out_dir / MULTIVIEW_LOSSES
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -172,8 +173,8 @@ def dreambooth(cfg: dict, subject_dir: Path, priors_dir: Path, out_dir: Path,
     if pseudo_views is None and db["partial_steps"] == db["full_steps"]:
         # one step, two names (the naive case of the partial_steps ablation): the dict above
         # kept one of them, so the partial model is the full one
-        with atomic_path(out_dir / "partial.safetensors") as tmp:
-            shutil.copyfile(out_dir / "full.safetensors", tmp)
+        with atomic_path(out_dir / PARTIAL) as tmp:
+            shutil.copyfile(out_dir / FULL, tmp)
     write_json(losses_path, {"stage": "dreambooth" if pseudo_views is None else "dreambooth_multiview",
                              "steps": records, "wall_time_s": time.time() - start,
                              "num_instance_images": len(images), "instance_prompts": sorted(set(prompts))})
@@ -233,10 +234,10 @@ class NerfFit:
         from .nerf.objective import max_weight
         from .nerf.render import make_estimator, nerfacc_cuda_available
 
-        latent = stage == "latent_nerf"
+        latent = STAGES[stage].latent
         if latent and not backend.is_latent:
-            raise ConfigError(f"latent_nerf needs a latent-space backend; backend {cfg['backend']!r} works in "
-                              "pixels (use backend sd, or tiny with models.tiny_space: latent, or drop latent_nerf "
+            raise ConfigError(f"{stage} needs a latent-space backend; backend {cfg['backend']!r} works in "
+                              f"pixels (use backend sd, or tiny with models.tiny_space: latent, or drop {stage} "
                               "from variants)")
         if stage == "stage3" and pseudo_views is None:
             raise ConfigError("stage3 needs --pseudo-views (the stage-2 output)")
@@ -396,7 +397,9 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     seed_everything(cfg["seed"], cfg["deterministic"])
     prompt = _prompt(cfg, subject_dir, prompt_id)  # first: a bad prompt id fails before a model loads
     backend = _backend(cfg, dreambooth_ckpt)
-    fit = NerfFit(cfg, stage, backend, prompt.text, pseudo_views=pseudo_views)
+    # a stage guided by the base model is not personalised: its prompt names the class, not the token
+    text = prompt.text if STAGES[stage].personalised else prompt.generic_text
+    fit = NerfFit(cfg, stage, backend, text, pseudo_views=pseudo_views)
     device, iters = fit.device, fit.iters
 
     resume_path = out_dir / ".resume.pt"
@@ -426,7 +429,7 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
     timing.mark(iters)
 
     loop_time = time.time() - start
-    meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": prompt.text,
+    meta = {"stage": stage, "subject": subject_dir.name, "prompt_id": prompt_id, "prompt": text,
             "latent": fit.latent, "backend": cfg["backend"], "iters": iters, "seed": cfg["seed"],
             "sampler": fit.last_info.get("sampler")}
     perf = {"loop_time_s": loop_time, "iters_per_s": (iters - start_step) / max(loop_time - elapsed, 1e-9),
@@ -434,9 +437,9 @@ def fit_nerf(cfg: dict, stage: str, dreambooth_ckpt: Path | None, prompt_id: str
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     log.info("%s: %.2f it/s, peak GPU memory %s GiB, sampler %s", stage, perf["iters_per_s"],
              perf["peak_gpu_mem_gib"], meta["sampler"])
-    save_nerf(out_dir / "nerf.pt", fit.field, fit.background, meta)
-    _save_turntable(cfg, backend, fit.field, fit.background, fit.latent, out_dir / "turntable.png")
-    write_json(out_dir / "losses.json", {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
+    save_nerf(out_dir / NERF, fit.field, fit.background, meta)
+    _save_turntable(cfg, backend, fit.field, fit.background, fit.latent, out_dir / TURNTABLE)
+    write_json(out_dir / LOSSES, {"stage": stage, "steps": records, "wall_time_s": time.time() - start,
                                          "meta": meta, "perf": perf})
     resume_path.unlink(missing_ok=True)
 
@@ -512,7 +515,7 @@ def img2img_views(cfg: dict, backend, field, background, prompt: str, *, num_vie
 def save_pseudo_views(out_dir: Path, views: dict) -> None:
     """`pseudo_views.pt` (the dict, atomically) and `pseudo_views.png` (renders above the img2img images)."""
     images = views["images"]
-    with atomic_path(out_dir / "pseudo_views.pt") as tmp:
+    with atomic_path(out_dir / PSEUDO_VIEWS) as tmp:
         torch.save(views, tmp)
     renders_up = F.interpolate(views["renders"].float(), size=images.shape[-1], mode="nearest")
-    save_image(out_dir / "pseudo_views.png", image_grid([renders_up, images]))
+    save_image(out_dir / PSEUDO_VIEWS_PNG, image_grid([renders_up, images]))

@@ -1,6 +1,9 @@
 """What the Snakefile asks of the config: targets, per-rule configs and cache keys.
 
 The rules stay declarative; every decision about paths and parameters lives here and is tested.
+The stages, variants and file names come from db3d.variants (declared once); the tables below
+(`STAGE_KEYS`, `VARIANT_NERF`, `VARIANT_STAGES`, `STAGE_FILES`, `COMMON_KEYS`) are derived from it
+and from the backend registry (db3d.diffusion.registry).
 
 Caching by parameters: an experiment cell ("setting", e.g. `recon_weight~0/seed~1`) only changes
 some stages. Each stage's folder is keyed by the part of the setting that stage (and what feeds it)
@@ -15,44 +18,29 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from . import variants as V
 from .config import format_setting, parse_setting, resolve_key, setting_config
+from .diffusion.registry import backends
+from .variants import DATA_KEYS, EVAL_KEYS  # noqa: F401 - rules read them from here
 
-# Config keys every rule sees (the model itself and where it runs).
-COMMON_KEYS = ("backend", "device", "precision", "deterministic", "compile_unet",
-               "models.sd", "models.if", "models.tiny_space", "models.toy", "models.toy_sha256", "seed")
-# ... and with backend toy, the prior's recipe: another prior means other results downstream
-# (db3d.diffusion.toy.load_toy refuses a checkpoint trained with other toy_prior values)
-TOY_COMMON_KEYS = ("toy_prior",)
-DATA_KEYS = ("dataset.prompts_table", "dataset.subjects_table")
-
-_DREAMBOOTH = ("dreambooth.partial_steps", "dreambooth.full_steps", "dreambooth.learning_rate",
-               "dreambooth.batch_size", "dreambooth.prior_loss_weight", "dreambooth.num_class_images",
-               "dreambooth.class_sample_steps", "dreambooth.train_text_encoder", "dreambooth.lora_rank")
-_PRIORS = ("dreambooth.num_class_images", "dreambooth.class_sample_steps")
-_SDS = ("nerf", "sds")
-_STAGE1 = _DREAMBOOTH + _SDS + ("stage1",) + DATA_KEYS
-_STAGE2 = _STAGE1 + ("stage2",)
-_MULTIVIEW = _STAGE2 + ("dreambooth.multiview_steps", "dreambooth.multiview_caption")
+# Config keys every rule sees: where it runs and the model (every registered backend's keys);
+# `selected_keys`: those a rule sees only when that backend is chosen (toy: the prior's recipe,
+# since another prior means other results downstream; db3d.diffusion.toy.load_toy refuses a
+# checkpoint trained with other toy_prior values).
+COMMON_KEYS = (("backend", "device", "precision", "deterministic", "compile_unet")
+               + tuple(sorted(k for spec in backends().values() for k in (spec.config_key,) + spec.also_keys))
+               + ("seed",))
 
 # For each stage: every config key its output depends on, its own and its inputs'.
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "class_priors": _PRIORS,
-    "dreambooth": _DREAMBOOTH,
-    "stage1": _STAGE1,
-    "stage2": _STAGE2,
-    "multiview": _MULTIVIEW,
-    "stage3": _MULTIVIEW + ("stage3",),
-    "naive": _DREAMBOOTH + _SDS + ("naive",) + DATA_KEYS,
-    "latent_nerf": _DREAMBOOTH + _SDS + ("latent_nerf",) + DATA_KEYS,
-}
+STAGE_KEYS: dict[str, tuple[str, ...]] = {name: V.stage_keys(name) for name in V.STAGES}
 
 # The NeRF each variant is judged by, relative to runs/<setting>/<subject>/<prompt_id>/.
-VARIANT_NERF = {
-    "dreambooth3d": ("stage3", "stage3/nerf.pt"),
-    "single_stage": ("stage1", "stage1/nerf.pt"),
-    "naive": ("naive", "naive/nerf.pt"),
-    "latent_nerf": ("latent_nerf", "latent_nerf/nerf.pt"),
-}
+VARIANT_NERF = {v.name: (v.judged, f"{V.STAGES[v.judged].dir}/{V.NERF}") for v in V.VARIANT_LIST}
+
+# Wildcard constraints: the `{variant}` of the evaluation, the `{baseline}` of rule nerf_baseline
+# (every NeRF stage outside DreamBooth3D's chain).
+VARIANT_PATTERN = V.variant_pattern()
+BASELINE_PATTERN = "|".join(V.baseline_stages())
 
 
 def _depends(key: str, prefixes: Iterable[str]) -> bool:
@@ -90,12 +78,42 @@ def rule_config(config: dict, setting: str | None, keys: Iterable[str]) -> str:
     """JSON of only the config keys a rule reads: its `params`, so Snakemake re-runs it exactly
     when one of them changes. `setting=None` for rules shared by all cells (class priors)."""
     cfg = resolved(config, setting) if setting else dict(config, seed=0)
-    toy = TOY_COMMON_KEYS if cfg["backend"] == "toy" else ()
-    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + toy + tuple(keys)), sort_keys=True)
+    selected = backends()[cfg["backend"]].selected_keys
+    return json.dumps(_select(cfg, tuple(COMMON_KEYS) + selected + tuple(keys)), sort_keys=True)
 
 
 def stage_rule_config(config: dict, setting: str, stage: str) -> str:
     return rule_config(config, setting, STAGE_KEYS[stage])
+
+
+# ---- rule inputs and outputs (the file names of db3d.variants) ---------------------------------------
+
+def stage_output(stage: str, name: str) -> str:
+    """The output pattern of `stage`'s file `name`; `stage` may be a wildcard of per-prompt stages
+    (`{baseline}`: rule nerf_baseline)."""
+    st = V.STAGES.get(stage)
+    if st is not None and st.scope == "subject":
+        return f"runs/{{setting}}/{{subject}}/{st.dir}/{name}"
+    return f"runs/{{setting}}/{{subject}}/{{prompt_id}}/{st.dir if st else stage}/{name}"
+
+
+def eval_output(name: str) -> str:
+    return f"runs/{{setting}}/{{subject}}/{{prompt_id}}/eval/{{variant}}/{V.EVAL_FILES[name]}"
+
+
+def guide_input(wildcards, stage: str) -> list[str]:
+    """The DreamBooth checkpoint guiding NeRF stage `stage` for the job's cell ([]: the base model)."""
+    guide = V.STAGES[stage].guide
+    if guide is None:
+        return []
+    up, name = guide.split(":")
+    return [stage_input(wildcards, up, name)]
+
+
+def guide_option(paths) -> str:
+    """`--dreambooth <checkpoint>` for `db3d nerf`, or nothing (the base model)."""
+    paths = list(paths)
+    return f"--dreambooth {paths[0]}" if paths else ""
 
 
 # ---- targets -----------------------------------------------------------------------------------
@@ -167,7 +185,7 @@ def evaluated_variants(config: dict, setting: str) -> list[str]:
 
 
 def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
-    return [f"runs/{s}/{subj}/{pid}/eval/{variant}/metrics.tsv"
+    return [f"runs/{s}/{subj}/{pid}/eval/{variant}/{V.EVAL_FILES['metrics']}"
             for s in settings
             for subj in subjects(config)
             for pid in prompt_ids(config, subj)
@@ -196,11 +214,11 @@ def variant_nerf(setting: str, subject: str, prompt_id: str, variant: str) -> st
     return f"{stage_dir(setting, stage, subject, prompt_id)}/{rel}"
 
 
-def stage_input(wildcards, stage: str, rel: str) -> str:
-    """A rule input from `stage`'s folder for the job's cell: `rel` below runs/<the part of the
-    cell's setting that stage depends on>/<subject>[/<prompt_id>]."""
+def stage_input(wildcards, stage: str, name: str) -> str:
+    """A rule input from `stage`'s folder for the job's cell: its file `name` in
+    runs/<the part of the cell's setting that stage depends on>/<subject>[/<prompt_id>]/<its folder>/."""
     prompt_id = getattr(wildcards, "prompt_id", None)
-    return f"{stage_dir(wildcards.setting, stage, wildcards.subject, prompt_id)}/{rel}"
+    return f"{stage_dir(wildcards.setting, stage, wildcards.subject, prompt_id)}/{V.STAGES[stage].dir}/{name}"
 
 
 def subjects_dir(config: dict) -> str:
@@ -232,12 +250,11 @@ TOY_PRIOR_KEYS = ("toy_prior", "nerf.camera")
 SYNTHETIC_SUBJECT_KEYS = ("dataset.num_photos", "nerf.camera") + DATA_KEYS
 
 
+CLASS_PRIORS_OUTPUT = f"cache/{{backend}}/class_priors/{{cls}}/{V.PRIORS_MANIFEST}"
+
+
 def class_priors_manifest(config: dict, subject: str) -> str:
-    return f"cache/{config['backend']}/class_priors/{class_slug(config, subject)}/manifest.json"
-
-
-# Evaluation reads the eval section, the CLIP/DINO ids and the prompt tables.
-EVAL_KEYS = ("eval", "models.clip", "models.dino", "nerf") + DATA_KEYS
+    return CLASS_PRIORS_OUTPUT.format(backend=config["backend"], cls=class_slug(config, subject))
 
 
 def class_noun(config: dict, cls: str) -> str:
@@ -264,29 +281,18 @@ def gpu_count(config: dict) -> int:
 # (db3d.report and rules/report.smk use these; nothing above depends on them)
 
 # The stages each variant's NeRF went through, in order.
-VARIANT_STAGES: dict[str, tuple[str, ...]] = {
-    "dreambooth3d": ("dreambooth", "stage1", "stage2", "multiview", "stage3"),
-    "single_stage": ("dreambooth", "stage1"),
-    "naive": ("dreambooth", "naive"),
-    "latent_nerf": ("dreambooth", "latent_nerf"),
-}
+VARIANT_STAGES: dict[str, tuple[str, ...]] = {v.name: v.stages for v in V.VARIANT_LIST}
 # Per stage: (file a rule declares as output, the losses/record file beside it), relative to
 # runs/<stage setting>/<subject>/ (dreambooth) or runs/<stage setting>/<subject>/<prompt_id>/.
 STAGE_FILES: dict[str, tuple[str, str | None]] = {
-    "dreambooth": ("dreambooth/losses.json", "dreambooth/losses.json"),
-    "stage1": ("stage1/losses.json", "stage1/losses.json"),
-    "stage2": ("stage2/pseudo_views.pt", None),
-    "multiview": ("stage3/dreambooth_mv.safetensors", "stage3/dreambooth_mv_losses.json"),
-    "stage3": ("stage3/losses.json", "stage3/losses.json"),
-    "naive": ("naive/losses.json", "naive/losses.json"),
-    "latent_nerf": ("latent_nerf/losses.json", "latent_nerf/losses.json"),
-}
+    s.name: (f"{s.dir}/{s.primary}", f"{s.dir}/{s.record}" if s.record else None)
+    for s in V.STAGE_LIST if s.scope != "class"}
 
 
 def stage_dir(setting: str, stage: str, subject: str, prompt_id: str | None) -> str:
     """The folder holding a stage's outputs for one run of `setting` (shared across cells)."""
     base = f"runs/{stage_setting(setting, stage)}/{subject}"
-    return base if stage == "dreambooth" else f"{base}/{prompt_id}"
+    return base if V.STAGES[stage].scope == "subject" else f"{base}/{prompt_id}"
 
 
 def stage_file(setting: str, stage: str, subject: str, prompt_id: str, which: int = 0) -> str | None:
@@ -311,21 +317,24 @@ def report_inputs(config: dict, settings: Iterable[str]) -> list[str]:
             for s in settings:
                 for variant in evaluated_variants(config, s):
                     ev = f"runs/{s}/{subj}/{pid}/eval/{variant}"
-                    out.update((f"{ev}/turntable.gif", f"{ev}/contact_sheet.png"))
+                    out.update(f"{ev}/{V.EVAL_FILES[k]}" for k in ("turntable", "contact_sheet"))
                     out.update(stage_file(s, st, subj, pid) for st in VARIANT_STAGES[variant])
     return sorted(out)
 
 
 def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> None:
-    """Raise ConfigError (one line) when a table named in `config["ablations"]` is missing or one
-    of its cells is not a valid config: an unknown column, a value the schema refuses, or a
-    partial DreamBooth longer than the full one (e.g. the paper-scale partial_steps table on the
+    """Raise ConfigError (one line) when a table named in `config["ablations"]` is missing, has a
+    column no stage of the configured variants reads (e.g. `eval.*`, `dataset.num_photos`: its
+    cells would reuse every NeRF and evaluate nothing), or one of its cells is not a valid config:
+    an unknown column, a value the schema refuses, or a partial DreamBooth longer than the full one (e.g. the paper-scale partial_steps table on the
     tiny default, whose full_steps is 60)."""
     import pandas as pd
 
     from .errors import ConfigError
 
     ablation_dir = Path(ablation_dir)
+    # what the evaluated NeRFs depend on: a cell that changes nothing else is never evaluated
+    read = {k for v in config["variants"] if v in V.VARIANTS for st in V.VARIANTS[v].stages for k in STAGE_KEYS[st]}
     for name in config.get("ablations", []) or []:
         path = ablation_dir / f"{name}.tsv"
         if not path.is_file():
@@ -343,6 +352,12 @@ def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> Non
             db = cfg["dreambooth"]
             if db["partial_steps"] > db["full_steps"] and db["partial_steps"] not in over:
                 over.append(db["partial_steps"])
+        for column in table.columns:
+            if column != "seed" and not _depends(resolve_key(column), read):
+                raise ConfigError(
+                    f"{path}: column {column} ({resolve_key(column)}) is read by no stage of the variants "
+                    f"{', '.join(config['variants'])}, so its cells would evaluate nothing; sweep a key a stage "
+                    "reads (db3d.variants) or drop the column")
         if over:
             full = setting_config(config, main_settings(config)[0])["dreambooth"]["full_steps"]
             tiny = ablation_dir / f"{name}_tiny.tsv"
@@ -353,8 +368,32 @@ def check_ablations(config: dict, ablation_dir: str | Path = "ablations") -> Non
                               f"({full}) of this config; {fix}")
 
 
+def check_variants(config: dict) -> None:
+    """Raise ConfigError (one line) for a variant db3d.variants does not declare, or one the backend
+    cannot run (a latent-space NeRF on a pixel-space backend)."""
+    from .errors import ConfigError
+
+    unknown = [v for v in config["variants"] if v not in V.VARIANTS]
+    if unknown:
+        raise ConfigError(f"variants: unknown {', '.join(unknown)} (known: {', '.join(V.VARIANTS)}); "
+                          "fix `variants` in the config")
+    spec = backends().get(config["backend"])
+    if spec is None:
+        raise ConfigError(f"backend {config['backend']!r} is not registered (known: {', '.join(sorted(backends()))}); "
+                          "fix `backend` in the config")
+    space = spec.space_of(config)
+    for v in config["variants"]:
+        if V.VARIANTS[v].latent and space != "latent":
+            raise ConfigError(f"variants: {v} needs a latent-space backend, and backend {spec.name} works in {space} "
+                              f"space; drop {v} from `variants` or use a latent backend "
+                              f"({', '.join(n for n, s in sorted(backends().items()) if s.space == 'latent')}, "
+                              "or tiny with models.tiny_space: latent)")
+
+
 def checked_ablation_settings(config: dict, ablation_dir: str | Path = "ablations") -> list[str]:
-    """`ablation_settings` after `check_ablations`: for the Snakefile's ABLATION_SETTINGS."""
+    """`ablation_settings` after `check_variants` and `check_ablations`: for the Snakefile's
+    ABLATION_SETTINGS (one planning-time check of the whole experiment)."""
+    check_variants(config)
     check_ablations(config, ablation_dir)
     return ablation_settings(config, ablation_dir)
 

@@ -32,7 +32,7 @@ rule bench:
     log:
         "logs/bench/{name}.log",
     resources:
-        gpu=wf.gpu_count(config),
+        **GPU["bench"],
     conda:
         "../envs/gpu.yaml"
     shell:

@@ -6,18 +6,18 @@ rule evaluate:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         nerf=lambda w: wf.variant_nerf(w.setting, w.subject, w.prompt_id, w.variant),
     output:
-        metrics="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/metrics.tsv",
-        mesh="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/mesh.glb",
-        mesh_obj="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/mesh.obj",
-        turntable="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/turntable.gif",
-        contact_sheet="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/contact_sheet.png",
-        info="runs/{setting}/{subject}/{prompt_id}/eval/{variant}/eval_info.json",
+        metrics=wf.eval_output("metrics"),
+        mesh=wf.eval_output("mesh"),
+        mesh_obj=wf.eval_output("mesh_obj"),
+        turntable=wf.eval_output("turntable"),
+        contact_sheet=wf.eval_output("contact_sheet"),
+        info=wf.eval_output("info"),
     params:
         cfg=lambda w: wf.rule_config(config, w.setting, wf.EVAL_KEYS),
     log:
         "logs/{setting}/{subject}/{prompt_id}/eval_{variant}.log",
     resources:
-        **GPU,
+        **GPU["evaluate"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -39,7 +39,7 @@ rule reference_untrained:
     log:
         "logs/{setting}/{subject}/reference_untrained.log",
     resources:
-        **GPU,
+        **GPU["reference"],
     conda:
         "../envs/gpu.yaml"
     shell:

@@ -1,5 +1,6 @@
 # The method: class priors -> DreamBooth (partial, full) -> stage 1 NeRF -> stage 2 pseudo views
-# -> stage 3 multi-view DreamBooth -> stage 3 NeRF, and the baselines (naive, latent_nerf).
+# -> stage 3 multi-view DreamBooth -> stage 3 NeRF, and the baselines (naive, latent_nerf, ...).
+# Stages, variants and file names are declared in db3d.variants; paths come from db3d.workflow.
 # Folders are keyed by the part of the setting each stage depends on (wf.stage_setting), so an
 # ablation cell reuses every upstream result it shares with another cell.
 
@@ -8,14 +9,14 @@ rule class_priors:
     input:
         prior=ancient(PRIOR),  # the toy backend's trained weights ([] for tiny/sd/if)
     output:
-        "cache/{backend}/class_priors/{cls}/manifest.json",
+        wf.CLASS_PRIORS_OUTPUT,
     params:
         cfg=lambda w: wf.rule_config(config, None, wf.STAGE_KEYS["class_priors"]),
         class_noun=lambda w: wf.class_noun(config, w.cls),
     log:
         "logs/class_priors/{backend}/{cls}.log",
     resources:
-        **GPU,
+        **GPU["class-priors"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -29,15 +30,15 @@ rule dreambooth:
         prior=ancient(PRIOR),
         priors=lambda w: wf.class_priors_manifest(config, w.subject),
     output:
-        partial="runs/{setting}/{subject}/dreambooth/partial.safetensors",
-        full="runs/{setting}/{subject}/dreambooth/full.safetensors",
-        losses="runs/{setting}/{subject}/dreambooth/losses.json",
+        partial=wf.stage_output("dreambooth", V.PARTIAL),
+        full=wf.stage_output("dreambooth", V.FULL),
+        losses=wf.stage_output("dreambooth", V.LOSSES),
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, "dreambooth"),
     log:
         "logs/{setting}/{subject}/dreambooth.log",
     resources:
-        **GPU,
+        **GPU["dreambooth"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -49,16 +50,16 @@ rule nerf_stage1:
     input:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         prior=ancient(PRIOR),
-        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
+        dreambooth=lambda w: wf.guide_input(w, "stage1"),
     output:
-        nerf="runs/{setting}/{subject}/{prompt_id}/stage1/nerf.pt",
-        losses="runs/{setting}/{subject}/{prompt_id}/stage1/losses.json",
+        nerf=wf.stage_output("stage1", V.NERF),
+        losses=wf.stage_output("stage1", V.LOSSES),
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage1"),
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage1.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -71,16 +72,16 @@ rule pseudo_views:
     input:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         prior=ancient(PRIOR),
-        nerf=lambda w: wf.stage_input(w, "stage1", "stage1/nerf.pt"),
-        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
+        nerf=lambda w: wf.stage_input(w, "stage1", V.NERF),
+        dreambooth=lambda w: wf.stage_input(w, "dreambooth", V.FULL),
     output:
-        views="runs/{setting}/{subject}/{prompt_id}/stage2/pseudo_views.pt",
+        views=wf.stage_output("stage2", V.PSEUDO_VIEWS),
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage2"),
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage2.log",
     resources:
-        **GPU,
+        **GPU["pseudo-views"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -94,16 +95,16 @@ rule dreambooth_multiview:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         prior=ancient(PRIOR),
         priors=lambda w: wf.class_priors_manifest(config, w.subject),
-        init=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/partial.safetensors"),
-        views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
+        init=lambda w: wf.stage_input(w, "dreambooth", V.PARTIAL),
+        views=lambda w: wf.stage_input(w, "stage2", V.PSEUDO_VIEWS),
     output:
-        model="runs/{setting}/{subject}/{prompt_id}/stage3/dreambooth_mv.safetensors",
+        model=wf.stage_output("multiview", V.MULTIVIEW_MODEL),
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, "multiview"),
     log:
         "logs/{setting}/{subject}/{prompt_id}/dreambooth_multiview.log",
     resources:
-        **GPU,
+        **GPU["dreambooth"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -116,17 +117,17 @@ rule nerf_stage3:
     input:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         prior=ancient(PRIOR),
-        dreambooth=lambda w: wf.stage_input(w, "multiview", "stage3/dreambooth_mv.safetensors"),
-        views=lambda w: wf.stage_input(w, "stage2", "stage2/pseudo_views.pt"),
+        dreambooth=lambda w: wf.guide_input(w, "stage3"),
+        views=lambda w: wf.stage_input(w, "stage2", V.PSEUDO_VIEWS),
     output:
-        nerf="runs/{setting}/{subject}/{prompt_id}/stage3/nerf.pt",
-        losses="runs/{setting}/{subject}/{prompt_id}/stage3/losses.json",
+        nerf=wf.stage_output("stage3", V.NERF),
+        losses=wf.stage_output("stage3", V.LOSSES),
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, "stage3"),
     log:
         "logs/{setting}/{subject}/{prompt_id}/stage3.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
@@ -136,25 +137,28 @@ rule nerf_stage3:
 
 
 rule nerf_baseline:
-    # naive = DreamBooth+Fusion (full DreamBooth -> one SDS NeRF); latent_nerf = the same in latent space
+    # every NeRF stage outside DreamBooth3D's chain (db3d.variants.baseline_stages): naive =
+    # DreamBooth+Fusion (full DreamBooth -> one SDS NeRF), latent_nerf = the same in latent space,
+    # and any baseline guided by another checkpoint or by the base model (no --dreambooth)
     input:
         subject=ancient(SUBJECT_META),  # DVC-tracked or generated once: a dvc pull re-triggers nothing
         prior=ancient(PRIOR),
-        dreambooth=lambda w: wf.stage_input(w, "dreambooth", "dreambooth/full.safetensors"),
+        dreambooth=lambda w: wf.guide_input(w, w.baseline),
     output:
-        nerf="runs/{setting}/{subject}/{prompt_id}/{baseline}/nerf.pt",
-        losses="runs/{setting}/{subject}/{prompt_id}/{baseline}/losses.json",
+        nerf=wf.stage_output("{baseline}", V.NERF),
+        losses=wf.stage_output("{baseline}", V.LOSSES),
     wildcard_constraints:
-        baseline="naive|latent_nerf",
+        baseline=wf.BASELINE_PATTERN,
     params:
         cfg=lambda w: wf.stage_rule_config(config, w.setting, w.baseline),
+        dreambooth=lambda w, input: wf.guide_option(input.dreambooth),
     log:
         "logs/{setting}/{subject}/{prompt_id}/{baseline}.log",
     resources:
-        **GPU,
+        **GPU["nerf"],
     conda:
         "../envs/gpu.yaml"
     shell:
         "python -m db3d nerf --stage {wildcards.baseline} --config-json {params.cfg:q}"
-        " --dreambooth {input.dreambooth} --subject-dir $(dirname {input.subject})"
+        " {params.dreambooth} --subject-dir $(dirname {input.subject})"
         " --prompt-id {wildcards.prompt_id} --out-dir $(dirname {output.nerf}) > {log} 2>&1"

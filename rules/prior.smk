@@ -19,7 +19,7 @@ rule toy_prior:
     log:
         "logs/toy_prior.log",
     resources:
-        **GPU,
+        **GPU["toy-prior"],
     conda:
         "../envs/gpu.yaml"
     shell:

@@ -1,7 +1,8 @@
 # Sourced by scripts/device_bench.sh, scripts/device_perf.sh and scripts/device_e2e.sh (not run on its own): the set-up of a
 # lent GPU machine that has python + torch + CUDA but cannot download anything.
 #
-#   db3d_env        picks PY, installs the wheels carried in .carry/wheels (scripts/carry_wheels.sh) into /tmp/pydeps (rich/ninja
+#   db3d_env        picks PY, installs the wheels carried in .carry/wheels (scripts/carry_wheels.sh; or the folder
+#                   DB3D_WHEELS names) into /tmp/pydeps (rich/ninja
 #                   from .carry/wheels/extra only where missing), exports PYTHONPATH & co; with a
 #                   prebuilt nerfacc extension in .carry/nerfacc/nerfacc_cuda.so (what db3d_keep_builds
 #                   saved on an earlier machine of the same kind) nerfacc loads it instead of building;
@@ -24,7 +25,7 @@ db3d_env() {
     command -v nvcc >/dev/null && nvcc --version | tail -n 2 || echo "nvcc: not found (nerfacc will fall back to the torch sampler)"
     nproc; free -g | head -n 2; df -h /tmp . | tail -n 2
 
-    "$PY" -m pip install --no-deps --no-index --quiet --disable-pip-version-check --target /tmp/pydeps .carry/wheels/*.whl \
+    "$PY" -m pip install --no-deps --no-index --quiet --disable-pip-version-check --target /tmp/pydeps "${DB3D_WHEELS:-.carry/wheels}"/*.whl \
         || { echo "pip install of the carried wheels failed"; return 1; }
     local extra=() mod whl
     for mod in rich:rich markdown_it:markdown_it_py mdurl:mdurl pygments:pygments; do

@@ -195,7 +195,7 @@ def test_missing_model_is_one_line(tiny_cfg, monkeypatch, backend_name, model):
     assert "\n" not in msg
     label = "Stable Diffusion" if backend_name == "sd" else "DeepFloyd IF"
     assert label in msg and model.rstrip("/").split("/")[-1] in msg
-    assert "HF_HUB_OFFLINE" in msg and f"models.{backend_name}" in msg and "huggingface-cli download" in msg
+    assert "HF_HUB_OFFLINE" in msg and f"models.{backend_name}" in msg and "hf download" in msg
     if "/" in model and not model.startswith("nonexistent-org"):
         assert f"tried local folder {model} (no such folder)" in msg and f"--local-dir {model}" in msg
     exc = info.value  # no chained traceback behind the one line

@@ -1,6 +1,6 @@
 """The README's run command on the default (synthetic) track, shrunk: every rule of the default
 graph runs once for real — toy prior training, synthetic subject, class priors, DreamBooth,
-stages 1-3, the naive baseline, evaluation with ground-truth metrics, metrics table, report — in
+stages 1-3, the naive and DreamFusion baselines, evaluation with ground-truth metrics, metrics table, report — in
 a scratch folder holding links to the repository's Snakefile, rules and config.
 
 The shrinking overlay (tests/data/e2e_small.yaml) changes only counts and sizes, never the graph.
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from db3d.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -52,10 +54,12 @@ def test_ground_truth_metrics_for_every_variant(default_run):
     work, _ = default_run
     df = pd.read_csv(work / "results" / "metrics.tsv", sep="\t")
     gt = df[df["model"] == "ground truth"]
-    assert set(gt["variant"]) == {"dreambooth3d", "naive", "single_stage"}
+    variants = set(load_config([REPO / "config/config.yaml", default_run[1]])["variants"])
+    assert "dreamfusion" in variants  # the base-model reference runs in the default study
+    assert set(gt["variant"]) == variants
     for metric in ("psnr", "psnr_back", "ssim", "silhouette_iou", "chamfer", "janus_gt"):
         rows = gt[gt["metric"] == metric]
-        assert len(rows) == 3, metric
+        assert len(rows) == len(variants), metric
     assert gt[gt["metric"] == "psnr"]["value"].notna().all()
 
 

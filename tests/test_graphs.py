@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from db3d.diffusion import build_backend
-from db3d.diffusion.base import cudagraph_mode
+from db3d.diffusion.compiling import cudagraph_mode
 from db3d.diffusion.graphs import CUDAGraphed
 
 

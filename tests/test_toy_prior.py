@@ -59,7 +59,8 @@ def test_loss_decreases(trained):
 
 def test_load_trained_and_build_backend(trained):
     out, log = trained
-    b = build_backend({"backend": "toy", "models": {"toy": str(out)}, "device": "cpu", "precision": "fp32"})
+    b = build_backend({"backend": "toy", "models": {"toy": str(out), "toy_sha256": None}, "device": "cpu",
+                       "precision": "fp32", "toy_prior": None})
     assert b.name == "toy" and b.image_size == 32 and not b.is_latent and b.model_channels == 3
     assert b.model_id == f"toy-{log['sha256'][:12]}"
     assert b.view_prompt("a sks mug", "back") == "a sks mug, back view"
@@ -100,7 +101,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
     with pytest.raises(ModelNotFoundError) as e:
-        build_backend({"backend": "toy", "models": {"toy": str(tmp_path / "nowhere")}, "device": "cpu"})
+        build_backend({"backend": "toy", "models": {"toy": str(tmp_path / "nowhere"), "toy_sha256": None}, "device": "cpu",
+                       "precision": "fp32", "toy_prior": None})
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "nowhere" / "model.safetensors") in msg
     assert "dvc pull models/toy.dvc" in msg and "snakemake --cores all models/toy/model.safetensors" in msg

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from db3d import variants as V
 from db3d import workflow as wf
 from db3d.config import load_config, parse_setting
 from db3d.errors import ConfigError
@@ -49,7 +50,9 @@ def test_dry_run_builds_every_stage_for_every_variant(track):
     assert counts["dreambooth"] == len(subjects) * seeds
     for rule in ("nerf_stage1", "pseudo_views", "dreambooth_multiview", "nerf_stage3"):
         assert counts[rule] == n_runs, rule
-    assert counts["nerf_baseline"] == len({"naive", "latent_nerf"} & set(variants)) * n_runs
+    baselines = {V.VARIANTS[v].judged for v in variants} & set(V.baseline_stages())
+    assert baselines >= ({"naive", "dreamfusion"} if synthetic else {"naive", "latent_nerf"})
+    assert counts["nerf_baseline"] == len(baselines) * n_runs
     assert counts["evaluate"] == len(variants) * n_runs
     assert counts["report"] == 1
 
@@ -228,3 +231,117 @@ def test_config_files_merge_in_order_like_snakemake():
     assert cfg["backend"] == "sd" and cfg["dreambooth"]["full_steps"] == 800
     assert cfg["stage1"]["iters"] == 7
     assert cfg["sds"]["t_range"] == load_config()["sds"]["t_range"]  # kept from the base
+
+
+@pytest.mark.parametrize("track", ["default", "paper"])
+def test_plan_is_unchanged(track):
+    """The job list of a dry run, every stage's cache key and rule config per cell, the evaluation
+    targets and the report's inputs are those main's code planned before the experiment was declared
+    in db3d.variants (tests/data/plan_before.json, tests/plan_snapshot.py), for the variants and
+    stages that existed then. With the config's own variants (dreamfusion added to the default
+    study since) the dry run plans the same jobs plus only jobs of the new variants' stages."""
+    import plan_snapshot
+
+    from db3d import variants as V
+
+    before = json.loads((REPO / "tests/data/plan_before.json").read_text())[track]
+    now = plan_snapshot.snapshot(track, stages=sorted(before["stages"]), variants=before["variants"])
+    assert set(now) == set(before)
+    for key in sorted(before):
+        if key == "stages":
+            for stage in sorted(before[key]):
+                diff = [s for s in before[key][stage] if before[key][stage][s] != now[key][stage].get(s)]
+                assert not diff, (stage, diff[:3], [now[key][stage].get(s) for s in diff[:3]],
+                                  now["stage_configs_main"].get(stage))
+        else:
+            assert now[key] == before[key], key
+    files, ablations = plan_snapshot.TRACKS[track]
+    variants = plan_snapshot._snakemake_config(files)["variants"]
+    added = [v for v in variants if v not in before["variants"]]
+    if not added or not isinstance(before["jobs"], list):
+        return
+    jobs = set(plan_snapshot.dry_run_jobs(files, variants, ablations[-1:]))
+    assert set(before["jobs"]) <= jobs
+    new_dirs = {f"/{V.STAGES[s].dir}/" for v in added for s in V.VARIANTS[v].stages} | {f"/eval/{v}/" for v in added}
+    stray = [j for j in jobs - set(before["jobs"]) if not any(d in j for d in new_dirs)]
+    assert not stray, stray[:5]
+
+
+@pytest.mark.parametrize("column", ["eval__num_views", "dataset__num_photos", "toy_prior__steps", "precision"])
+def test_ablation_column_no_evaluated_stage_reads_is_refused(tmp_path, column):
+    """A sweep of a key no stage of the variants depends on would reuse every NeRF and evaluate
+    nothing: refused at planning, one line naming the table and the column."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (tmp_path / "sweep.tsv").write_text(f"{column}\n{'fp16' if column == 'precision' else 4}\n")
+    with pytest.raises(ConfigError, match=rf"sweep.tsv: column {column} \(.*\) is read by no stage") as e:
+        wf.checked_ablation_settings(dict(cfg, ablations=["sweep"]), tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_ablation_column_outside_the_variants_chains_is_refused_by_the_snakefile():
+    # recon_weight reaches stage 3 only: with variants [naive] none of its cells would be evaluated
+    res = snakemake("reports/main.pdf", "-n", "--config", "variants=[naive]", "ablations=[recon_weight]")
+    assert res.returncode != 0
+    err = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("db3d: error:")]
+    assert len(err) == 1 and "column recon_weight (stage3.recon_weight) is read by no stage" in err[0], res.stderr
+    ok = snakemake("reports/main.pdf", "-n", "--config", "variants=[dreambooth3d]", "ablations=[recon_weight]")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_latent_variant_on_a_pixel_backend_is_refused_at_planning():
+    res = snakemake("reports/main.pdf", "-n", "--config", "variants=[dreambooth3d,latent_nerf]")  # toy: pixels
+    assert res.returncode != 0
+    err = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("db3d: error:")]
+    assert len(err) == 1 and "latent_nerf needs a latent-space backend, and backend toy works in pixel" in err[0]
+    cfg = load_config([REPO / "config/config.yaml", REPO / "config/tiny.yaml"])
+    wf.check_variants(cfg)  # tiny in latent space runs all four
+    with pytest.raises(ConfigError, match="latent_nerf needs a latent-space backend, and backend tiny works in pixel"):
+        wf.check_variants(dict(cfg, models=dict(cfg["models"], tiny_space="pixel")))
+    with pytest.raises(ConfigError, match=r"variants: unknown nope \(known: "):
+        wf.check_variants(dict(cfg, variants=["dreambooth3d", "nope"]))
+    with pytest.raises(ConfigError, match=r"variants: unknown nope \(known: "):  # the commands' loader too
+        load_config(None, {"variants": "[dreambooth3d, nope]"})
+
+
+def test_every_registered_backend_model_key_reaches_every_rule():
+    """A backend registers its config key; every rule's config carries it (no silent code default)."""
+    from db3d.diffusion import registry
+
+    specs = registry.backends()
+    assert set(specs) == {"sd", "if", "tiny", "toy"}
+    for spec in specs.values():
+        assert spec.config_key in wf.COMMON_KEYS and set(spec.also_keys) <= set(wf.COMMON_KEYS)
+    cfg = load_config()
+    models = ("sd", "if", "tiny_space", "toy", "toy_sha256")
+    for stage in wf.STAGE_KEYS:
+        got = json.loads(wf.stage_rule_config(cfg, "seed~0", stage))
+        assert {k: got["models"][k] for k in models} == {k: cfg["models"][k] for k in models}
+        # the toy prior's recipe reaches a rule only when toy is the backend (its selected_keys)
+        assert got["toy_prior"] == cfg["toy_prior"]
+        assert "toy_prior" not in json.loads(wf.stage_rule_config(dict(cfg, backend="tiny"), "seed~0", stage))
+    with pytest.raises(ConfigError, match="backend 'nope' is not registered"):
+        registry.find("nope")
+
+
+def test_dreamfusion_is_the_base_model_without_the_subject():
+    """The DreamFusion reference: no DreamBooth upstream (its cache key ignores every DreamBooth
+    knob), no --dreambooth in its job, and a prompt without the subject's token."""
+    from types import SimpleNamespace
+
+    from db3d.data.prompts import get_prompt
+
+    assert not any(k.startswith("dreambooth") for k in wf.STAGE_KEYS["dreamfusion"])
+    assert wf.stage_setting("partial_steps~50/seed~1", "dreamfusion") == "seed~1"
+    assert wf.stage_setting("guidance_scale~20/seed~1", "dreamfusion") == "guidance_scale~20/seed~1"
+    w = SimpleNamespace(setting="seed~0", subject="mug_red", prompt_id="plain")
+    assert wf.guide_input(w, "dreamfusion") == [] and wf.guide_option([]) == ""
+    assert wf.guide_option(wf.guide_input(w, "naive")) == "--dreambooth runs/seed~0/mug_red/dreambooth/full.safetensors"
+    assert V.VARIANTS["dreamfusion"].stages == ("dreamfusion",)
+    assert not V.STAGES["dreamfusion"].personalised and V.STAGES["naive"].personalised
+    p = get_prompt(REPO / "config/synthetic/prompts.tsv", REPO / "config/synthetic/subjects.tsv", "mug_red", "blue")
+    assert p.text == "a blue sks mug" and p.generic_text == "a blue mug"
+    res = snakemake("runs/seed~0/mug_red/plain/dreamfusion/nerf.pt", "-n", "-p", "--forceall")
+    assert res.returncode == 0, res.stderr
+    cmd = [line for line in res.stdout.splitlines() if "python -m db3d nerf --stage dreamfusion" in line]
+    assert cmd and "--dreambooth" not in cmd[0], res.stdout[-2000:]
+    assert "rule dreambooth:" not in res.stdout  # nothing personalised upstream

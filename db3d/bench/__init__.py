@@ -15,7 +15,10 @@ Modules (imported lazily, so `python -m db3d --help` does not pay for torch):
 - `workloads`: the timed work: the stages' own objects (`NerfFit`, `DreamBoothTrainer`,
   `img2img_views`), set up with benchmark inputs;
 - `report`: rows, ratios, the projection, TSV + Markdown output (torch-free);
-- `runner`: config loading, variants, timing, error capture; `run_bench`, `main`.
+- `configuration`: the config benchmarked (db3d.config.load_config), the variants' options applied;
+- `probes`: timers, peak memory, how a failed row reads;
+- `rows`: one method per row, timing one unit of work;
+- `runner`: the run (variants x rows, error capture, tables after every row); `run_bench`, `main`.
 
 Run on their own (`python -m db3d.bench.<module>`): `stagecheck`, a whole NeRF stage job with a clock
 per iteration; `profile`, one NeRF iteration under torch.profiler (wall vs GPU time, launches, the
@@ -30,7 +33,7 @@ _EXPORTS = {
     "ROW_KEYS": "args",
     "Row": "report", "project": "report", "write_tables": "report", "read_table": "report",
     "add_ratios": "report", "COLUMNS": "report",
-    "run_bench": "runner", "main": "runner", "load_bench_config": "runner",
+    "run_bench": "runner", "main": "runner", "load_bench_config": "configuration",
 }
 
 __all__ = sorted(_EXPORTS)

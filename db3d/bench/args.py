@@ -99,7 +99,7 @@ def coerce_option(key: str, value: str) -> Any:
     if key in ("channels_last", "tf32", "deterministic", "grad_ckpt", "compile_vae", "cudnn_benchmark"):
         return _parse_bool(key, value)
     if key == "cudagraphs":  # 1 = direct (what compile_unet does), compile = torch.compile reduce-overhead
-        from ..diffusion.base import cudagraph_mode  # the one parser of this setting (compile_models' too)
+        from ..diffusion.compiling import cudagraph_mode  # the one parser of this setting (compile_models' too)
 
         return cudagraph_mode(value)
     if key in ("train_text_encoder", "vae_autocast"):
@@ -176,7 +176,7 @@ def config_options(cfg: dict, stage_compile: dict | None = None) -> dict[str, An
     """The options a config itself sets, as the stages apply them: `deterministic` (torch's
     deterministic kernels) and `compile_unet` (`stage_compile`: stages.STAGE_COMPILE, what
     `compile_unet: true` compiles). The bench's base variant starts from these."""
-    out: dict[str, Any] = {"deterministic": bool(cfg.get("deterministic", True))}
+    out: dict[str, Any] = {"deterministic": bool(cfg["deterministic"])}
     if cfg.get("compile_unet") and stage_compile:
         out.update(compile=coerce_option("compile", stage_compile.get("unet_mode") or "0"),
                    cudagraphs=coerce_option("cudagraphs", str(stage_compile.get("cudagraphs") or "0")),

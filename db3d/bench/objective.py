@@ -59,16 +59,18 @@ def run_case(cfg: dict, run: Path, stage: str, subject_dir: Path, prompt_id: str
     from ..io import read_json, torch_load
     from ..nerf import load_nerf
 
-    ckpt = {"stage1": run.parent / "dreambooth" / "partial.safetensors",
-            "naive": run.parent / "dreambooth" / "full.safetensors",
-            "stage3": run / "stage3" / "dreambooth_mv.safetensors"}[stage]
-    views = run / "stage2" / "pseudo_views.pt"
+    from .. import variants as V
+
+    # the checkpoint guiding `stage` (db3d.variants: "<upstream stage>:<file>"), in the run's folders
+    up, name = V.STAGES[stage].guide.split(":")
+    ckpt = (run.parent if V.STAGES[up].scope == "subject" else run) / V.STAGES[up].dir / name
+    views = run / V.STAGES["stage2"].dir / V.PSEUDO_VIEWS
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         stages.fit_nerf(cfg, stage, ckpt, prompt_id, subject_dir, out,
                         pseudo_views=views if stage == "stage3" else None)
-        losses = read_json(out / "losses.json")
-        field, background, meta = load_nerf(out / "nerf.pt")
+        losses = read_json(out / V.LOSSES)
+        field, background, meta = load_nerf(out / V.NERF)
         row = {"shares": share_summary(losses["steps"]),
                "coverage": nerf_coverage(cfg, field, background, meta, "cpu"),
                "iters_per_s": losses["perf"]["iters_per_s"]}

@@ -191,7 +191,7 @@ def project(cfg: dict, rows: Sequence[Row], variant: str = "base", *, db_resume_
     per_subject = sum(s["seconds"] for s in stages[:2])
     subjects = cfg["dataset"]["subjects"]
     n_subjects = 30 if subjects == "all" else len(subjects)
-    n_prompts = int(cfg["dataset"].get("prompts_per_subject", 1))
+    n_prompts = int(cfg["dataset"]["prompts_per_subject"])
     n_seeds = len(cfg.get("seeds") or [0])
     per_prompt = total - per_subject
     grid = n_seeds * n_subjects * (per_subject + n_prompts * per_prompt)

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..variants import LOSSES
+
 GRID_WARMUP = 256  # fit_nerf's occupancy grid is refreshed in full every 16 steps until this step
 FIRST = 5          # the iterations reported one by one (compilation happens in the first ones)
 
@@ -61,7 +63,7 @@ def run_stage(cfg: dict, stage: str = "stage1", *, subject: str = "dog", prompt_
     finally:
         stages.NerfFit.iteration, stages.NerfFit.__init__ = orig_iter, orig_init
     t_end = time.perf_counter()
-    losses = json.loads((Path(out_dir) / "losses.json").read_text())
+    losses = json.loads((Path(out_dir) / LOSSES).read_text())
     if tmp is not None:
         tmp.cleanup()
     return summarise(cfg, stage, losses, stamps, t0, marks.get("init_done", t0), t_end)

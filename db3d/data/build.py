@@ -35,10 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +45,12 @@ from ..errors import DataError
 from ..io import atomic_path, write_json
 from . import masks
 from .prompts import subject_row
+from .source import DEFAULT_CACHE, is_git_url, resolve_source  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BUILDER_VERSION = 1
-DEFAULT_CACHE = Path("cache/sources")
 
 
 @dataclass
@@ -70,47 +66,6 @@ class Photo:
 
 
 # ---- the source folder --------------------------------------------------------------------------
-
-def is_git_url(source: str | os.PathLike) -> bool:
-    """A string that names a remote (or file://) git repository rather than a local folder."""
-    s = str(source)
-    if re.match(r"^(https?|ssh|git|file)://", s) or re.match(r"^[\w.-]+@[\w.-]+:", s):
-        return True
-    return s.endswith(".git") and not Path(s).is_dir()
-
-
-def resolve_source(source: str | os.PathLike, cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """The local dataset folder for `source`: the folder itself, or a cached shallow clone of a URL."""
-    if not is_git_url(source):
-        return Path(source)
-    url = str(source)
-    dest = Path(cache_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://")[-1]).strip("_")
-    if not dest.is_dir():
-        _clone(url, dest)
-    nested = dest / "dataset"
-    return nested if (nested / "prompts_and_classes.txt").is_file() else dest
-
-
-def _clone(url: str, dest: Path) -> None:
-    """Shallow clone into a temporary folder, then rename: parallel jobs never see half a clone."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    log.info("cloning %s into %s", url, dest)
-    try:
-        proc = subprocess.run(["git", "clone", "--depth", "1", "--quiet", url, str(tmp / "repo")],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            detail = " ".join(proc.stderr.split())[:200]
-            raise DataError(f"git clone {url} failed ({detail}); clone it yourself and pass the "
-                            "local dataset folder as --source / dataset.source")
-        try:
-            (tmp / "repo").rename(dest)
-        except OSError:
-            if not dest.is_dir():  # else another job cloned it first: use theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
 
 def list_photos(folder: Path) -> list[Path]:
     """Image files of a subject folder, sorted by name (hidden files and other files ignored)."""

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import atomic_path
+from .source import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class Prompt:
     token: str
     template: str      # e.g. "a {token} {class_noun} sleeping"
     set: str = ""      # eval3d | recontext
+
+    @property
+    def generic_text(self) -> str:
+        """The prompt without the subject's token ("a dog sleeping"): for a model that never saw it."""
+        return " ".join(self.template.format(token="", class_noun=self.class_noun).split())
 
 
 # ---- parsing the dataset's text files ----------------------------------------------------------
@@ -187,8 +193,6 @@ def prompt_rows(subject: str, kind: str, dataset_templates: list[str]) -> list[d
 
 def write_tables(source: Path, subjects_out: Path, prompts_out: Path) -> None:
     """Parse the dataset's text files into `subjects_out` and `prompts_out` (TSV, atomic writes)."""
-    from .build import resolve_source
-
     root = resolve_source(source)
     classes_file = root / "prompts_and_classes.txt"
     refs_file = root / "references_and_licenses.txt"

@@ -1,15 +1,17 @@
 """`DiffusionBackend`: one text-to-image diffusion model behind the interface the method needs.
 
-All three backends (`sd`, `if`, `tiny`) are the same four diffusers/transformers pieces (UNet,
-text encoder, tokenizer, noise schedule, plus a VAE for latent models), so one class implements
-every method and the backend modules only build or load the pieces. See docs/ARCHITECTURE.md.
+All four backends (`sd`, `if`, `tiny`, `toy`) are the same four diffusers/transformers pieces
+(UNet, text encoder, tokenizer, noise schedule, plus a VAE for latent models), so one class
+implements every method and the backend modules only build or load the pieces and register the
+loader (db3d.diffusion.registry). See docs/ARCHITECTURE.md. Two concerns live in mixins of their
+own: the precision policy (db3d.diffusion.precision) and the compiled / CUDA-graphed UNet calls
+(db3d.diffusion.compiling).
 
 Conventions (why they are what they are):
 - Images at the interface are float [B,3,H,W] in [0,1]; model space `x0` is VAE latents x scaling
   factor (latent models) or `2x-1` pixels (pixel models). Only `encode_images` crosses the line.
-- Everything returned is float32, so callers never juggle half tensors; on CUDA with fp16/bf16 the
-  frozen weights are stored in half and the work runs under `torch.autocast` (mixed precision):
-  parameters made trainable are upcast to fp32, as diffusers' training scripts do.
+- Everything returned is float32, so callers never juggle half tensors (mixed precision on CUDA:
+  db3d.diffusion.precision).
 - Randomness comes from an optional `torch.Generator` (CPU or on the device); noise is drawn on the
   generator's device and moved, so a CPU generator gives the same numbers on CPU and CUDA.
 - The noise schedule is the model's own (its scheduler config); `predict_noise` always returns
@@ -17,7 +19,6 @@ Conventions (why they are what they are):
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,30 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
+from .compiling import CompiledModels
 from .loading import seeded_init
+from .precision import PrecisionPolicy
 
 VIEW_DIRECTIONS = ("front", "side", "back", "overhead")
 _FORMAT = "db3d-finetuned-v1"
 
 
-def cudagraph_mode(value: bool | str | None) -> str:
-    """`compile_models`' `cudagraphs` as "" (off), "direct" (torch.cuda.CUDAGraph) or "compile"
-    (torch.compile reduce-overhead); True means "direct"."""
-    if value is None or value is False:
-        return ""
-    if value is True:
-        return "direct"
-    v = str(value).strip().lower()
-    if v in ("", "0", "false", "no", "off"):
-        return ""
-    if v in ("1", "true", "yes", "on", "direct"):
-        return "direct"
-    if v in ("compile", "reduce-overhead"):
-        return "compile"
-    raise ValueError(f"cudagraphs={value!r}: expected off (0), direct (1) or compile")
-
-
-class DiffusionBackend(nn.Module):
+class DiffusionBackend(PrecisionPolicy, CompiledModels, nn.Module):
     """A text-conditioned epsilon-prediction diffusion model (latent or pixel space).
 
     Build it with `db3d.diffusion.build_backend(cfg)`; do not `.to()` it afterwards (device and
@@ -108,11 +94,6 @@ class DiffusionBackend(nn.Module):
         self._compiled: dict[str, Any] = {}  # compile_models: {"unet": fn, "unet_graphed": fn}
 
     # ------------------------------------------------------------------ helpers
-    def _autocast(self, enabled: bool = True):
-        if enabled and self.device.type == "cuda" and self.dtype != torch.float32:
-            return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()
-
     def set_vae_attention(self, kind: str) -> None:
         """The VAE's attention processors: `sdpa` (diffusers' default, AttnProcessor2_0) or
         `classic` (AttnProcessor: matmul, softmax, matmul)."""
@@ -208,9 +189,7 @@ class DiffusionBackend(nn.Module):
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Raw UNet call -> the model's own prediction (first `model_channels`: IF also predicts variance).
         After `compile_models`, through the compiled UNet (CUDA-graphed for calls without autograd)."""
-        compiled = getattr(self, "_compiled", None) or {}
-        graphed = compiled.get("unet_graphed") if not torch.is_grad_enabled() else None
-        unet = graphed if graphed is not None else compiled.get("unet", self.unet)
+        unet = self._unet_module()
         with self._autocast():
             out = unet(x, t, encoder_hidden_states=context).sample
         # a CUDA graph's output lives in its static pool and is overwritten by the next replay: copy
@@ -218,86 +197,6 @@ class DiffusionBackend(nn.Module):
         # captured graphs (graphs.CUDAGraphed) return copies already
         copy = unet is not self.unet and not getattr(unet, "copies_out", False)
         return out[:, : self.model_channels].to(torch.float32, copy=copy)
-
-    def compile_models(self, unet_mode: str | None = "default", *, cudagraphs: bool | str = False,
-                       vae_encoder: bool = False, backend: str = "inductor") -> list[str]:
-        """`torch.compile` the diffusion model's hot paths and/or run the UNet's calls without
-        autograd as CUDA graphs; what they compute does not change (fused kernels round
-        differently, as any kernel choice does; CUDA graphs replay the eager kernels). Both are
-        lazy: the first call of each shape / grad mode pays. Returns notes saying what was done.
-
-        - `unet_mode` (default | reduce-overhead | max-autotune | None): the UNet, for every call
-          (None: eager, except what `cudagraphs` covers);
-        - `cudagraphs`: calls made without autograd (SDS guidance, DDIM sampling) are replayed from
-          CUDA graphs, so the UNet's ~1000 kernel launches become one graph launch; training keeps
-          `unet_mode` (CUDA only). `"direct"` (or True): captured with `torch.cuda.CUDAGraph` per
-          input shape (`graphs.CUDAGraphed`: eager kernels, no tracing, capture in well under a
-          second); `"compile"`: a second torch.compile with mode reduce-overhead (inductor's
-          kernels in CUDA graphs; its tracing and code generation take about a minute per job);
-        - `vae_encoder`: the VAE encoder's calls WITH autograd (SDS encodes every render through it
-          and back-propagates; DreamBooth's and img2img's encodes, without autograd, stay eager:
-          compiling them would cost more than they take).
-        `backend` is torch.compile's (`eager` traces without generating code: for tests).
-        `uncompile_models` undoes all of it.
-        """
-        import torch._dynamo
-
-        self.uncompile_models()
-        # shapes, grad modes and weight dtypes (training upcasts, `freeze` casts back) each compile
-        # their own graph: allow more of them than dynamo's default 8 before it falls back to eager
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(int(getattr(torch._dynamo.config, name)), 64))
-
-        def compiled(module, mode):
-            mode = None if mode == "default" or backend != "inductor" else mode  # a mode is inductor's
-            return torch.compile(module, mode=mode, backend=backend)
-
-        notes = []
-        if unet_mode:
-            self._compiled["unet"] = compiled(self.unet, unet_mode)
-            notes.append(f"unet torch.compile(mode={unet_mode})")
-        graphs = cudagraph_mode(cudagraphs)
-        if graphs and self.device.type != "cuda":
-            notes.append("unet without autograd: no CUDA graphs on " + self.device.type)
-        elif graphs == "direct":
-            from .graphs import CUDAGraphed
-
-            self._compiled["unet_graphed"] = CUDAGraphed(self.unet, name=f"{self.name} unet")
-            notes.append("unet without autograd: CUDA graphs captured directly (torch.cuda.CUDAGraph per input shape)")
-        elif graphs == "compile":
-            self._compiled["unet_graphed"] = compiled(self.unet, "reduce-overhead")
-            notes.append("unet without autograd: torch.compile(mode=reduce-overhead) (CUDA graphs)")
-        if vae_encoder and self.vae is not None:
-            # as nn.Module.compile does (the module's call goes through `_compiled_call_impl`),
-            # but only for calls with autograd on
-            enc = self.vae.encoder
-            fn = torch.compile(enc._call_impl, backend=backend)
-
-            def grad_only(*args, **kwargs):
-                return fn(*args, **kwargs) if torch.is_grad_enabled() else enc._call_impl(*args, **kwargs)
-            enc._compiled_call_impl = grad_only
-            notes.append("vae encoder with autograd: torch.compile(mode=default)")
-        return notes
-
-    def uncompile_models(self) -> None:
-        """Back to the eager modules (what `compile_models` set up is dropped; dynamo's caches stay)."""
-        self._graphs_stale()
-        self._compiled = {}
-        if self.vae is not None and getattr(self.vae.encoder, "_compiled_call_impl", None) is not None:
-            self.vae.encoder._compiled_call_impl = None
-
-    def _graphs_stale(self) -> None:
-        """The UNet's structure or weights' storage changed: directly captured CUDA graphs (which
-        replay the old forward on the old memory) are dropped and re-captured on the next calls."""
-        graphed = (getattr(self, "_compiled", None) or {}).get("unet_graphed")
-        if hasattr(graphed, "invalidate"):
-            graphed.invalidate()
-
-    def graph_stats(self) -> str | None:
-        """What the directly captured CUDA graphs did so far (None when they are not in use)."""
-        graphed = (getattr(self, "_compiled", None) or {}).get("unet_graphed")
-        return graphed.describe() if hasattr(graphed, "describe") else None
 
     def predict_noise(self, x_t: torch.Tensor, t: Any, cond: torch.Tensor,
                       uncond: torch.Tensor | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
@@ -427,10 +326,7 @@ class DiffusionBackend(nn.Module):
         self._finetune = {"lora_rank": lora_rank, "train_text_encoder": bool(train_text_encoder)}
         self.requires_grad_(False)
         params = list(self._finetuned_names().values())
-        for p in params:
-            if p.dtype != torch.float32:
-                p.data = p.data.float()
-            p.requires_grad_(True)
+        self._upcast_trained(params)
         self._graphs_stale()
         return params
 
@@ -438,9 +334,7 @@ class DiffusionBackend(nn.Module):
         """Back to inference: nothing requires grad, trained fp32 master weights return to the
         compute dtype (so SDS after DreamBooth runs as fast and small as on the base model)."""
         self.requires_grad_(False)
-        if self.dtype != torch.float32:
-            for p in self._finetuned_names().values():
-                p.data = p.data.to(self.dtype)
+        self._downcast_trained(self._finetuned_names().values())
         self._graphs_stale()
 
     def finetuned_state_dict(self) -> dict[str, torch.Tensor]:

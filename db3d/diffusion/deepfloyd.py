@@ -18,6 +18,7 @@ import torch
 
 from .base import DiffusionBackend
 from .loading import cast, check_source, load_component, seeded_init
+from .registry import register
 from .tokenizer import HFTokenizer, T5StandIn
 
 LABEL, KEY = "DeepFloyd IF stage I", "if"
@@ -57,6 +58,7 @@ def build_random_if(device: torch.device, dtype: torch.dtype) -> DiffusionBacken
                             unet_lora_targets=UNET_LORA_TARGETS, text_lora_targets=TEXT_LORA_TARGETS)
 
 
+@register(KEY, label=LABEL, config_key="models.if", space="pixel")
 def load_if(model_id: str, device: torch.device, dtype: torch.dtype) -> DiffusionBackend:
     """IF stage I from a hub id or local folder (`random`: see `build_random_if`)."""
     if model_id == "random":

@@ -55,11 +55,11 @@ def model_not_found(label: str, config_key: str, model_id: str, reason: str = ""
     mode = " with HF_HUB_OFFLINE=1 (cache only)" if hub_offline() and not is_path else ""
     reason = " ".join(str(reason).split())[:200]
     why = f" ({reason})" if reason else ""
-    licence = (" (accept the licence on its model page and `huggingface-cli login` first)"
+    licence = (" (accept the licence on its model page and `hf auth login` first)"
                if config_key == "if" else "")
     return ModelNotFoundError(
         f"{label} model not found: tried {where}{mode}{why}; provide it with "
-        f"`huggingface-cli download {'<hub id> --local-dir ' + model_id if is_path else model_id}`{licence} "
+        f"`hf download {'<hub id> --local-dir ' + model_id if is_path else model_id}`{licence} "
         f"and run with HF_HUB_OFFLINE=1, or set models.{config_key} in the config to a local folder in "
         f"diffusers layout, or models.{config_key}: random for random weights (benchmarks only)")
 

@@ -14,6 +14,7 @@ import torch
 
 from .base import DiffusionBackend
 from .loading import cast, check_source, load_component, seeded_init
+from .registry import register
 from .tokenizer import HFTokenizer, OpenClipBPE
 
 LABEL, KEY = "Stable Diffusion 2.1-base", "sd"
@@ -52,6 +53,7 @@ def build_random_sd(device: torch.device, dtype: torch.dtype) -> DiffusionBacken
                             device=device, dtype=dtype)
 
 
+@register(KEY, label=LABEL, config_key="models.sd", space="latent")
 def load_sd(model_id: str, device: torch.device, dtype: torch.dtype) -> DiffusionBackend:
     """SD from a hub id or local folder (`random`: see `build_random_sd`)."""
     if model_id == "random":

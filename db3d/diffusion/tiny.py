@@ -18,6 +18,7 @@ import torch
 
 from .base import DiffusionBackend
 from .loading import cast, seeded_init
+from .registry import register
 from .tokenizer import OpenClipBPE
 
 IMAGE_SIZE = 64
@@ -52,6 +53,8 @@ SCHEDULER_PIXEL = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v
                        clip_sample=True, set_alpha_to_one=False, steps_offset=1)
 
 
+@register("tiny", label="tiny random-weight models", config_key="models.tiny_space",
+          space=lambda cfg: cfg["models"]["tiny_space"])
 def build_tiny(space: str, device: torch.device, dtype: torch.dtype) -> DiffusionBackend:
     """A tiny random-weight backend in `latent` or `pixel` space (same weights on every call)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel

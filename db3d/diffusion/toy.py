@@ -32,6 +32,7 @@ from ..errors import ModelNotFoundError
 from ..io import atomic_path
 from .base import DiffusionBackend
 from .loading import cast, seeded_init
+from .registry import register
 from .tokenizer import OpenClipBPE
 
 IMAGE_SIZE = 32
@@ -195,9 +196,9 @@ def _check_provenance(path: Path, sha: str, arch: dict, meta: dict, expected_sha
             f"{sha} (every stage made with the other prior then re-runs)")
     if prior_cfg is None:
         return
-    from ..synth.prior import DEFAULT_PRIOR_CFG, resolve_prior_cfg  # here: db3d.synth.prior imports this module
+    from ..synth.prior import default_prior_cfg, resolve_prior_cfg  # here: db3d.synth.prior imports this module
 
-    size, want = int(arch.get("image_size", IMAGE_SIZE)), int({**DEFAULT_PRIOR_CFG, **prior_cfg}["resolution"])
+    size, want = int(arch.get("image_size", IMAGE_SIZE)), int({**default_prior_cfg(), **prior_cfg}["resolution"])
     if size != want:
         raise ModelNotFoundError(
             f"toy model {path} was trained at {size} px but the config's toy_prior.resolution is {want}: "
@@ -216,6 +217,9 @@ def _check_provenance(path: Path, sha: str, arch: dict, meta: dict, expected_sha
             f"prior of this config with `dvc pull models/toy.dvc`, or set those toy_prior values back")
 
 
+@register("toy", label="toy prior (trained on synthetic renders)", config_key="models.toy", space="pixel",
+          also_keys=("models.toy_sha256",), selected_keys=("toy_prior",),
+          options=lambda cfg: dict(expected_sha256=cfg["models"]["toy_sha256"], prior_cfg=cfg["toy_prior"]))
 def load_toy(folder: str | Path, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32, *, expected_sha256: str | None = None,
              prior_cfg: dict | None = None) -> DiffusionBackend:

@@ -7,9 +7,10 @@ config entry may also be `NAME=/path/to/checkpoint` (an open_clip state dict, e.
 be had (no network, empty cache) it raises `ModelNotFoundError` with one line saying how to
 provide them. `DB3D_CLIP_CACHE` (optional) names the download/cache folder passed to open_clip.
 
-`load_clip("ViT-B-16", offline_tiny=True)` (used when `cfg["backend"] == "tiny"`) builds a
-small CLIP *with random weights* from an open_clip config written here (ViT width 64, 2 layers,
-patch 8, 64 px; text width 64, 2 layers; embedding 64), seeded from the name so that
+`load_clip("ViT-B-16", offline_tiny=True)` (used with the offline backends, `cfg["backend"]` toy
+or tiny: db3d.eval.run) builds a small CLIP *with random weights* from an open_clip config written
+here (ViT width 64, 2 layers, patch 8, 64 px; text width 64, 2 layers; embedding 64), seeded from
+the name so that
 `tiny-random(ViT-B-16)` and `tiny-random(ViT-B-32)` differ but each is the same on every run.
 Its `label` is `tiny-random(<name>)` and every number computed with it must carry that label:
 such numbers say nothing about the method.
@@ -163,7 +164,7 @@ def _fail(name: str, why: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"CLIP model {name} (open_clip, pretrained='openai') is not available ({one_line(why)}); provide it by "
         f"{HUB_HINT}, or set models.clip to '{name}=/path/to/open_clip_pytorch_model.bin', "
-        f"or use backend: tiny for random stand-ins")
+        f"or use backend: toy or tiny for random stand-ins")
 
 
 def load_real_clip(entry: str, cache_dir: str | None = None) -> ClipModel:

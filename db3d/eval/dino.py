@@ -6,10 +6,11 @@
 2023, "DINO": mean pairwise cosine between generated and real images). Preprocessing: bicubic
 resize of the (square) image to the model's input size (224) and ImageNet normalisation, DINO's
 own. `models.dino` is a hub id or a local folder holding `config.json` + weights (what
-`huggingface-cli download facebook/dino-vits16 --local-dir DIR` writes). If the model cannot be had
+`hf download facebook/dino-vits16 --local-dir DIR` writes). If the model cannot be had
 it raises `ModelNotFoundError` with one line naming it and how to provide it (as `db3d.eval.clip`).
 
-`load_dino(..., offline_tiny=True)` (used when `cfg["backend"] == "tiny"`) builds a ViT from a
+`load_dino(..., offline_tiny=True)` (used with the offline backends, `cfg["backend"]` toy or tiny:
+db3d.eval.run) builds a ViT from a
 `transformers.ViTConfig` written here (width 64, 2 layers, 2 heads, patch 8, 64 px) with *random
 weights*, seeded from the name so it is the same network on every run. Its label is
 `tiny-random(dino-vits16)`; its numbers say nothing about the method.
@@ -77,7 +78,7 @@ def _fail(name: str, why: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"DINO model {name} (transformers ViTModel, hub id e.g. {DEFAULT_DINO}) is not available "
         f"({one_line(why)}); provide it by {HUB_HINT}, or set models.dino to a local folder "
-        f"(huggingface-cli download {DEFAULT_DINO} --local-dir DIR), or use backend: tiny for random stand-ins")
+        f"(hf download {DEFAULT_DINO} --local-dir DIR), or use backend: toy or tiny for random stand-ins")
 
 
 def _looks_like_path(entry: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..io import atomic_path, write_json
+from ..variants import EVAL_FILES
 from .groundtruth import GT_MODEL
 from .table import METRIC_COLUMNS
 
@@ -63,7 +64,7 @@ def write_reference(cfg: dict, kind: str, subject_dir: Path, setting: str, out_d
              ", ".join(f"{m} {v:.3f}" for m, v, _ in rows))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "info.json", {"reference": kind, "seed": int(cfg["seed"]), "ground_truth": info})
-    out = out_dir / "metrics.tsv"
+    out = out_dir / EVAL_FILES["metrics"]
     with atomic_path(out) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
     return out

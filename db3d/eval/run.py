@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_path, write_json
+from ..variants import EVAL_FILES
 from .table import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _note(*parts: str) -> str:
 
 
 def resolve_device(cfg: dict) -> torch.device:
-    dev = str(cfg.get("device", "auto"))
+    dev = str(cfg["device"])
     if dev == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(dev)
@@ -112,7 +113,7 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
 
     nerf_path, subject_dir, out_dir = Path(nerf_path), Path(subject_dir), Path(out_dir)
     subject = subject_dir.name
-    seed = int(cfg.get("seed", (cfg.get("seeds") or [0])[0]))
+    seed = int(cfg["seed"])  # resolved once, by db3d.config (a rule passes it in --config-json)
     device = resolve_device(cfg)
     tiny = cfg["backend"] in ("tiny", "toy")  # offline backends: random CLIP/DINO stand-ins
     clock = Stopwatch(device)
@@ -217,7 +218,7 @@ def evaluate(cfg: dict, nerf_path: Path, subject_dir: Path, prompt_id: str, vari
                 "janus": janus_info, "mesh": mesh_info, "timing_s": timing,
                 **({"ground_truth": gt_info} if gt_info is not None else {})})
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    out = out_dir / "metrics.tsv"
+    out = out_dir / EVAL_FILES["metrics"]
     with atomic_path(out) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
     return out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import atomic_path, to_uint8
+from ..variants import EVAL_FILES
 
 GIF_FRAME_MS = 125
 
@@ -69,7 +70,7 @@ def render_turntable(cfg: dict, field: Any, background: Any, meta: dict | None =
     extra = {k: False for k in ("train", "normals") if k in params}
 
     def _render(sz: int):
-        gen = torch.Generator(device="cpu").manual_seed(int(cfg.get("seed", 0)))
+        gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
         with torch.no_grad():
             return render(field, background, cams, sz, sz, shading="albedo",
                           ambient=float(cfg["nerf"]["shading"]["ambient"]),
@@ -146,7 +147,7 @@ def write_turntable(out_dir: str | Path, images, azimuths: Sequence[float], titl
     """Write `turntable.gif` and `contact_sheet.png` into `out_dir`; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"gif": out_dir / "turntable.gif", "contact_sheet": out_dir / "contact_sheet.png"}
+    paths = {"gif": out_dir / EVAL_FILES["turntable"], "contact_sheet": out_dir / EVAL_FILES["contact_sheet"]}
     write_gif(paths["gif"], images)
     write_contact_sheet(paths["contact_sheet"], images, azimuths, title=title)
     return paths

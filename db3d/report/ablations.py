@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import parse_setting, resolve_key
-from . import figures
+from .figures import ablation_figure
 from .common import METHOD, VARIANT_NAMES, config_value, variant_sort_key
 from .gather import Assets, Runs, run_label, variant_render
 from .objective import shares_cell
@@ -87,7 +87,7 @@ def ablations_section(df, cfg: dict, runs: Runs, assets: Assets, fig_dir: Path, 
         fig = None
         if panels:
             name = f"fig/ablation_{k + 1:02d}.png"
-            figures.ablation_figure(assets.build_dir / name, param, panels, default, tiny,
+            ablation_figure(assets.build_dir / name, param, panels, default, tiny,
                                     xlabels=None if numeric else {xpos[v]: v for v in g.values})
             fig = name
         # table: one row per (value, variant), one column per metric (its primary model)

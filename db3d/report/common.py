@@ -1,9 +1,10 @@
 """The report's vocabulary and the small helpers every part of it shares.
 
-All of the report's variant and stage vocabulary lives here and only here (display order and names,
-which NeRF stage judges a variant, the stage labels of the wall-time table, the headline's method
-and baselines), so that a declaration of the experiment elsewhere (db3d.variants, issue 19) replaces
-one module. The other report modules import these names; none keeps a copy.
+All of the report's variant and stage vocabulary comes through here (display order and names, the
+stage labels of the wall-time table, the headline's method and baselines, the evaluation's file
+names), derived from db3d.variants (the one declaration of the experiment, issue 19). The other
+report modules import these names (gather and sections also ask db3d.variants for a variant's
+judged stage and the gallery's order); none keeps a copy.
 
 No import of the other report modules (build, groundtruth, sections, ... all import this one), so
 there is no import circle.
@@ -16,37 +17,32 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import variants as V
 from ..config import resolve_key
 from .select import base_model
 from .stats import fmt_mean_se, mean_se
 
-# Display order and names of the variants (the code names stay visible in the tables).
-VARIANT_ORDER = ["latent_nerf", "naive", "dreambooth3d", "single_stage"]
-VARIANT_NAMES = {
-    "latent_nerf": "Latent-NeRF",
-    "naive": "DreamBooth+Fusion",
-    "dreambooth3d": "DreamBooth3D",
-    "single_stage": "Single stage (stage-1 NeRF)",
-}
+# Display order and names of the variants (the code names stay visible in the tables): db3d.variants.
+VARIANT_ORDER = list(V.VARIANTS)
+VARIANT_NAMES = V.labels()
 CLIP_ORDER = ["ViT-B-16", "ViT-B-32", "ViT-L-14"]
 PAPER_CLIP_LABELS = {"ViT-B-16": "ViT-B/16", "ViT-B-32": "ViT-B/32", "ViT-L-14": "ViT-L/14"}
 # Backends whose CLIP/DINO metrics come from the random-weight stand-ins (toy: its prior is trained,
 # the evaluation models are not; the ground-truth metrics are its real numbers, db3d.report.groundtruth).
 STAND_IN_BACKENDS = ("tiny", "toy")
 
-# NeRF stage folder whose training turntable shows a variant (when its eval GIF is missing).
-NERF_STAGE_PNG = {"dreambooth3d": "stage3", "single_stage": "stage1", "naive": "naive", "latent_nerf": "latent_nerf"}
-# db3d.workflow stage -> its label in the wall-time table, in display order (evaluation last).
-STAGE_LABELS = {"dreambooth": "dreambooth", "stage1": "stage1", "multiview": "dreambooth_multiview",
-                "stage3": "stage3", "naive": "naive", "latent_nerf": "latent_nerf"}
-STAGE_ORDER = [*STAGE_LABELS.values(), "evaluate"]
-# The gallery's rows: variant -> label (stage 2's pseudo views go after the single stage).
-GALLERY_ROWS = [("single_stage", "Initial NeRF (stage 1)"), ("dreambooth3d", "Final NeRF (DreamBooth3D)"),
-                ("naive", "Naive baseline (DreamBooth+Fusion)"), ("latent_nerf", "Latent-NeRF")]
-# The headline (ground truth): DreamBooth3D against each of these baselines (where both have rows).
-METHOD = "dreambooth3d"
-BASELINES = ["naive", "single_stage"]
-BASELINE_WORDS = {"naive": "naive", "single_stage": "single stage", "latent_nerf": "Latent-NeRF"}
+# Stages with a record file, by their display name, in pipeline order; then the evaluation.
+STAGE_LABELS = {s.name: s.label for s in V.STAGE_LIST if s.record}
+EVALUATE_LABEL = "evaluate"
+STAGE_ORDER = [*STAGE_LABELS.values(), EVALUATE_LABEL]
+# The headline (ground truth): the method against each headline baseline (where both have rows).
+METHOD = V.METHOD
+BASELINES = V.headline_baselines()
+BASELINE_WORDS = {v.name: v.word for v in V.VARIANT_LIST}
+# File names of an evaluation (db3d.variants declares them).
+TURNTABLE_GIF = V.EVAL_FILES["turntable"]
+EVAL_INFO = V.EVAL_FILES["info"]
+RETRIEVAL_POOL = V.RETRIEVAL_POOL
 
 def report_outputs(out_pdf) -> dict[str, str]:
     """The report's three outputs for a PDF path: the HTML page beside it and summary.md in its
@@ -55,8 +51,7 @@ def report_outputs(out_pdf) -> dict[str, str]:
     return {"pdf": str(out_pdf), "html": str(p.with_suffix(".html")), "summary": str(p.parent / "summary.md")}
 
 
-def variant_sort_key(v: str) -> tuple:
-    return (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER), v)
+variant_sort_key = V.order_key
 
 
 def model_sort_key(label: str) -> tuple:

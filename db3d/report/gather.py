@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .. import workflow as wf
 from ..errors import Db3dError
-from .common import (NERF_STAGE_PNG, STAND_IN_BACKENDS, VARIANT_NAMES, VARIANT_ORDER, model_sort_key,
-                     variant_sort_key)
+from .. import variants as V
+from .common import (EVAL_INFO, RETRIEVAL_POOL, STAND_IN_BACKENDS, TURNTABLE_GIF, VARIANT_NAMES, VARIANT_ORDER,
+                     model_sort_key, variant_sort_key)
 from .images import strip_from
 from .select import METRIC_LABEL, metric_model
 
@@ -105,13 +106,13 @@ def table_variants(df, cfg: dict) -> list[str]:
 
 def variant_render(runs: Runs, setting: str, subject: str, prompt_id: str, variant: str) -> Path | None:
     """The fixed-camera turntable of a variant (eval GIF), else the stage's training turntable PNG."""
-    gif = runs.eval_dir(setting, subject, prompt_id, variant) / "turntable.gif"
+    gif = runs.eval_dir(setting, subject, prompt_id, variant) / TURNTABLE_GIF
     if gif.is_file():
         return gif
-    stage = NERF_STAGE_PNG.get(variant)
-    if stage is None:
+    if variant not in V.VARIANTS:
         return None
-    png = runs.stage_dir(setting, stage, subject, prompt_id) / stage / "turntable.png"
+    stage = V.STAGES[V.VARIANTS[variant].judged]
+    png = runs.stage_dir(setting, stage.name, subject, prompt_id) / stage.dir / V.TURNTABLE
     return png if png.is_file() else None
 
 
@@ -133,7 +134,7 @@ def metric_note(df, setting: str, subject: str, prompt_id: str, variant: str) ->
 
 def prompt_text(runs: Runs, setting: str, subject: str, prompt_id: str) -> str | None:
     for variant in sorted(VARIANT_NAMES, key=variant_sort_key):
-        pool = runs.eval_dir(setting, subject, prompt_id, variant) / "retrieval_pool.json"
+        pool = runs.eval_dir(setting, subject, prompt_id, variant) / RETRIEVAL_POOL
         if pool.is_file():
             try:
                 return str(json.loads(pool.read_text()).get("prompt") or "") or None
@@ -144,7 +145,7 @@ def prompt_text(runs: Runs, setting: str, subject: str, prompt_id: str) -> str |
 
 def azimuth_text(runs: Runs, df, cfg: dict) -> str:
     for _, r in df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().iterrows():
-        info = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / "eval_info.json"
+        info = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / EVAL_INFO
         if info.is_file():
             try:
                 az = json.loads(info.read_text()).get("azimuth_deg")
@@ -174,7 +175,7 @@ def first_pool(runs: "Runs", df) -> dict | None:
     """One evaluation's retrieval_pool.json (every evaluation of a table uses the same pool)."""
     for _, r in df[["setting", "subject", "prompt_id", "variant"]].drop_duplicates().sort_values(
             ["setting", "subject", "prompt_id", "variant"]).iterrows():
-        p = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / "retrieval_pool.json"
+        p = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / RETRIEVAL_POOL
         if p.is_file():
             try:
                 return json.loads(p.read_text())

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import workflow as wf
 from ..config import REPO_ROOT
-from .common import STAGE_LABELS, STAGE_ORDER, canonical_hash
+from .common import EVAL_INFO, EVALUATE_LABEL, STAGE_LABELS, STAGE_ORDER, canonical_hash
 from .gather import Runs
 
 # the CPU flags that change what torch's kernels do (vector width, FMA, bf16/fp16, AMX)
@@ -66,8 +66,8 @@ def wall_times(df, runs: Runs) -> list[dict]:
     for _, r in (runs_df.iterrows() if len(df) else []):
         files = [(STAGE_LABELS[st], wf.stage_file(r["setting"], st, r["subject"], r["prompt_id"], which=1))
                  for st in wf.VARIANT_STAGES.get(r["variant"], ()) if st in STAGE_LABELS]
-        ev = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / "eval_info.json"
-        files.append(("evaluate", "runs/" + ev.relative_to(runs.dir).as_posix()))
+        ev = runs.eval_dir(r["setting"], r["subject"], r["prompt_id"], r["variant"]) / EVAL_INFO
+        files.append((EVALUATE_LABEL, "runs/" + ev.relative_to(runs.dir).as_posix()))
         for label, rel in files:
             if rel is None or rel in seen:
                 continue

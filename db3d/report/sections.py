@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .. import variants as V
 from .. import workflow as wf
-from . import figures, paper
-from .common import GALLERY_ROWS, METHOD, PAPER_CLIP_LABELS, VARIANT_NAMES, columns_table, fmt_num, model_sort_key, sha256_file
+from .figures import loss_figure, preference_figure, userstudy_figure
+from .paper import fmt_paper, load as load_paper, r_precision, source_line, userstudy_rows
+from .common import METHOD, PAPER_CLIP_LABELS, VARIANT_NAMES, columns_table, fmt_num, model_sort_key, sha256_file
 from .gather import Assets, Runs, metric_note, prompt_text, run_label, variant_render
 from .images import subject_photos
 from .select import USERSTUDY_QUESTIONS, base_model, read_losses, read_userstudy, select_failure_cases, is_seed_setting
@@ -47,7 +49,7 @@ def results_table(df, metric: str, variants: list[str], models: list[str], with_
             stats[(v, m)] = (mean, se, n)
             ns.append(n)
             cells.append({"ours": fmt_mean_se(mean, se, n),
-                          "paper": paper.fmt_paper(paper.r_precision(v, m)) if with_paper else ""})
+                          "paper": fmt_paper(r_precision(v, m)) if with_paper else ""})
         n_txt = str(max(ns)) if ns and min(ns) == max(ns) else "/".join(str(n) for n in ns)
         rows.append({"variant": v, "name": row_prefix + VARIANT_NAMES.get(v, v), "n": n_txt, "cells": cells})
     table = {
@@ -96,20 +98,23 @@ def gallery_rows(df, runs: Runs, subjects_dir: Path, assets: Assets, setting: st
             rows.append({"label": "Input photos", "note": f"data/subjects/{subject}", "image": im, "variant": None})
     present = set(df[(df["setting"] == setting) & (df["subject"] == subject) & (df["prompt_id"] == prompt_id)]["variant"])
 
-    for variant, label in GALLERY_ROWS:
-        if variant not in present:
-            continue
-        if variant == METHOD:  # its pseudo views (stage 2) before its final NeRF
-            pv = runs.stage_dir(setting, "stage2", subject, prompt_id) / "stage2" / "pseudo_views.png"
+    # along the method's chain (stage 1, the pseudo views, the final NeRF), then the baselines
+    for kind, name in V.gallery_order():
+        if kind == "preview":
+            if METHOD not in present:
+                continue
+            stage = V.STAGES[name]
+            file, label, note = stage.preview
+            pv = runs.stage_dir(setting, name, subject, prompt_id) / stage.dir / file
             im = assets.strip(pv if pv.is_file() else None, units=2)
             if im is not None:
-                rows.append({"label": "Pseudo views (stage 2)", "note": "top: stage-1 renders; bottom: img2img",
-                             "image": im, "variant": None})
-        im = assets.strip(variant_render(runs, setting, subject, prompt_id, variant))
-        if im is not None:
-            rows.append({"label": run_label(df, label, setting, subject, prompt_id, variant),
-                         "note": metric_note(df, setting, subject, prompt_id, variant), "image": im,
-                         "variant": variant})
+                rows.append({"label": label, "note": note, "image": im, "variant": None})
+        elif name in present:
+            im = assets.strip(variant_render(runs, setting, subject, prompt_id, name))
+            if im is not None:
+                rows.append({"label": run_label(df, V.VARIANTS[name].gallery, setting, subject, prompt_id, name),
+                             "note": metric_note(df, setting, subject, prompt_id, name), "image": im,
+                             "variant": name})
     return rows
 
 
@@ -156,7 +161,7 @@ def failures_section(df, runs: Runs, subjects_dir: Path, assets: Assets, fig_dir
         if fc.kind == "divergence":
             losses = read_losses(runs.path(fc.detail)) or []
             name = f"fig/loss_{k + 1:02d}.png"
-            figures.loss_figure(assets.build_dir / name, losses, f"{fc.stage} loss: {fc.subject}/{fc.prompt_id}, {fc.setting}")
+            loss_figure(assets.build_dir / name, losses, f"{fc.stage} loss: {fc.subject}/{fc.prompt_id}, {fc.setting}")
             fig = name
         value = "inf" if math.isinf(fc.value) else f"{fc.value:.4g}"
         items.append({"title": fc.title, "kind": fc.kind, "flagged_by": fc.metric, "value": value,
@@ -199,7 +204,7 @@ def userstudy_section(path: Path, fig_dir: Path, build_dir: Path) -> dict:
     out["table"] = {"header": ["Question", "vs baseline", "answers (raters)", "prefer DreamBooth3D [95% CI]",
                                "p (binomial)", "pairs won/lost/tied", "pair rate [95% CI]", "Fleiss \u03ba"],
                     "rows": rows}
-    figures.userstudy_figure(build_dir / "fig" / "userstudy.png", items)
+    userstudy_figure(build_dir / "fig" / "userstudy.png", items)
     out["figure"] = "fig/userstudy.png"
     kept = us["raters_kept"].iloc[0] if "raters_kept" in us.columns else float("nan")
     dropped = us["raters_dropped"].iloc[0] if "raters_dropped" in us.columns else float("nan")
@@ -221,7 +226,7 @@ def paper_preferences(us, build_dir: Path) -> dict:
             if n == n and n:
                 ours[(str(r["question"]), str(r["baseline"]))] = (
                     float(r["pairs_method"]) / n, float(r["pairs_tied"]) / n, float(r["pairs_baseline"]) / n, int(n))
-    for b in paper.userstudy_rows():
+    for b in userstudy_rows():
         o = ours.get((b["question"], b["baseline"]))
         bars = [{"source": "paper", "method": b["method"], "tied": b["tied"], "baseline": b["baseline_preferred"]}]
         if o is not None:
@@ -233,13 +238,13 @@ def paper_preferences(us, build_dir: Path) -> dict:
         rows.append({"label": b["label"], "code": None, "cells": [
             pct(b["method"]), pct(b["tied"]) + " (remainder)", pct(b["baseline_preferred"]),
             *((pct(o[0]), pct(o[1]), pct(o[2]), str(o[3])) if o else ("\u2014",) * 4)]})
-    figures.preference_figure(build_dir / "fig" / "preference.png", groups)
-    p = paper.load()
+    preference_figure(build_dir / "fig" / "preference.png", groups)
+    p = load_paper()
     return {"table": {"header": ["Question vs baseline", ["paper", "DB3D preferred"], ["paper", "tied"],
                                  ["paper", "baseline preferred"], ["ours", "DB3D preferred"], ["ours", "tied"],
                                  ["ours", "baseline preferred"], ["ours", "pairs"]], "rows": rows},
             "figure": "fig/preference.png",
-            "source": f"Paper: {paper.source_line(p, 'figure')} Its design: {p['user_study']['design']}. The tied "
+            "source": f"Paper: {source_line(p, 'figure')} Its design: {p['user_study']['design']}. The tied "
                       "bars are unlabelled in the figure; shown here as 100 % minus the two labelled shares.",
             "caption": ("The paper's user-study bars (first row of each pair) and ours (second, when there are "
                         "answers): share of pairs won by DreamBooth3D by majority vote, tied, won by the baseline.")}

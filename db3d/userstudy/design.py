@@ -34,20 +34,17 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import variants as V
 from ..errors import DataError, Db3dError
 from ..io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 FORMAT = "db3d-userstudy/1"
-METHOD = "dreambooth3d"
-BASELINES = ("latent_nerf", "naive", "single_stage")
-VARIANT_NAMES = {
-    "dreambooth3d": "DreamBooth3D",
-    "latent_nerf": "Latent-NeRF",
-    "naive": "DreamBooth+Fusion",
-    "single_stage": "Single stage (stage-1 NeRF)",
-}
+# the method and the baselines it is compared with, and their names (db3d.variants)
+METHOD = V.METHOD
+BASELINES = V.userstudy_baselines()
+VARIANT_NAMES = {name: V.label(name) for name in (METHOD,) + BASELINES}
 # The paper's three questions (DreamBooth3D, Sec. 5, user study). `show`: what the rater sees
 # besides the two videos: the subject's photos, the prompt, or nothing.
 QUESTIONS: list[dict[str, str]] = [
@@ -238,7 +235,7 @@ def scan_turntables(runs_dir: Path, setting: str) -> dict[tuple[str, str], dict[
     """{(subject, prompt_id): {variant: turntable.gif}} of one setting."""
     base = Path(runs_dir) / setting
     found: dict[tuple[str, str], dict[str, Path]] = {}
-    for gif in sorted(base.glob("*/*/eval/*/turntable.gif")):
+    for gif in sorted(base.glob(f"*/*/eval/*/{V.EVAL_FILES['turntable']}")):
         variant = gif.parent.name
         prompt_id = gif.parent.parent.parent.name
         subject = gif.parent.parent.parent.parent.name
