@@ -2,7 +2,7 @@
 
 The YAML holds values copied from ../shared/paper/SOURCE.md with their citation (Table 1's CLIP
 R-Precision, the user-study figure's bars); nothing here is typed from memory. A variant the
-paper has no row for is "not reported" (its `not_reported` list), a value the file lacks is "n/a".
+paper's table has no row for is "not reported"; a model missing from a row it has is "n/a".
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def load(path: Path = PAPER_RESULTS_PATH) -> dict:
 
 def r_precision(variant: str, model: str, paper: dict | None = None) -> float | str | None:
     """The paper's Table 1 value for (variant, CLIP model label), `NOT_REPORTED`, or None (n/a)."""
-    rp = (paper or load())["r_precision"]
-    if variant in (rp.get("not_reported") or []):
+    values = (paper or load())["r_precision"].get("values") or {}
+    if variant not in values:  # Table 1 has rows for the variants in the file only (Latent-NeRF has none)
         return NOT_REPORTED
-    v = (rp.get("values") or {}).get(variant, {}).get(base_model(model))
+    v = values[variant].get(base_model(model))
     return None if v is None else float(v)
 
 
