@@ -1,4 +1,8 @@
-# The report: reports/main.pdf from the metrics table, the run folders and each cell's config.
+# The report: reports/main.pdf, reports/main.html and reports/summary.md from the metrics table, the
+# run folders, each cell's config and the paper's published numbers (config/paper_results.yaml).
+from db3d.report.common import report_outputs
+from db3d.config import REPO_ROOT
+from db3d.report.paper import PAPER_RESULTS_PATH
 
 
 rule cell_config:
@@ -30,8 +34,11 @@ rule report:
         prior=wf.prior_report_files(config),
         # synthetic track: the untrained-field reference rows of the ground-truth tables
         reference=wf.reference_report_input(config),
+        # the paper's Table 1 and user-study bars, with their citation
+        paper=str(PAPER_RESULTS_PATH.relative_to(REPO_ROOT)),
     output:
-        "reports/main.pdf",
+        # the PDF, the self-contained HTML page beside it, summary.md (the README links to it)
+        **report_outputs("reports/main.pdf"),
     params:
         cfg=lambda w: json.dumps(wf.resolved(config, MAIN_SETTINGS[0]), sort_keys=True),
     log:
@@ -40,4 +47,4 @@ rule report:
         "../envs/gpu.yaml"
     shell:
         "python -m db3d report --config-json {params.cfg:q} --metrics {input.metrics} --runs runs"
-        " --out {output} > {log} 2>&1"
+        " --out {output.pdf} > {log} 2>&1"

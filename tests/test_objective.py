@@ -171,7 +171,7 @@ def test_report_section_shows_shares_and_collapses(tmp_path):
     the metrics table's collapsed rows."""
     import pandas as pd
 
-    from db3d.report.build import Runs
+    from db3d.report.gather import Runs
     from db3d.report.objective import objective_section
 
     runs = Runs(tmp_path / "runs")
@@ -198,7 +198,7 @@ def test_ablation_cell_shows_its_runs_shares(tmp_path):
     share over training, read from each run's judged stage; a run without records is left out."""
     import pandas as pd
 
-    from db3d.report.build import Runs
+    from db3d.report.gather import Runs
     from db3d.report.objective import shares_cell
 
     runs = Runs(tmp_path / "runs")

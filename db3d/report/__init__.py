@@ -1,4 +1,5 @@
-"""The report: `build_report(cfg, metrics_path, runs_dir, out_pdf)` typesets reports/main.pdf with Typst."""
-from .build import PAPER_VALUES, build_report
+"""The report: `build_report(cfg, metrics_path, runs_dir, out_pdf)` typesets reports/main.pdf with Typst
+and writes reports/main.html and reports/summary.md beside it (db3d.report.build)."""
+from .build import build_report, report_outputs
 
-__all__ = ["PAPER_VALUES", "build_report"]
+__all__ = ["build_report", "report_outputs"]

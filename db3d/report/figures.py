@@ -133,6 +133,37 @@ def userstudy_figure(path: Path, items: list[dict]) -> None:
     _save(fig, path)
 
 
+PREF_COLORS = ("#cfe9dc", "#d9d9d9", "#fbe0cc")   # the paper's figure: left preferred, tied, right preferred
+
+
+def preference_figure(path: Path, groups: list[dict]) -> None:
+    """The paper's user-study layout: per question x baseline a stacked bar DreamBooth3D preferred /
+    tied / baseline preferred (shares, labelled in %), the paper's bar above ours.
+
+    groups: [{"label", "bars": [{"source", "method", "tied", "baseline"}]}] (a bar may be missing)."""
+    rows = [(g["label"], b) for g in groups for b in g["bars"]]
+    fig = _figure(7.0, 0.32 * max(len(rows), 1) + 0.9)
+    ax = fig.subplots(1, 1)
+    ys = list(range(len(rows)))[::-1]
+    for y, (label, b) in zip(ys, rows):
+        left = 0.0
+        for share, colour in zip((b["method"], b["tied"], b["baseline"]), PREF_COLORS):
+            if share is None or share != share or share <= 0:
+                continue
+            ax.barh([y], [share], left=left, color=colour, edgecolor="0.3", linewidth=0.5, height=0.75)
+            if share >= 0.08:
+                ax.text(left + share / 2, y, f"{100 * share:.0f} %", ha="center", va="center", fontsize=6.5)
+            left += share
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{label} - {b['source']}" for label, b in rows], fontsize=6.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("DreamBooth3D preferred (green) / tied (grey) / baseline preferred (orange); pairs by majority vote",
+                  fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def loss_figure(path: Path, losses: list[float], title: str) -> None:
     """Loss per step (log scale when positive), non-finite steps marked on the x axis."""
     fig = _figure(6.0, 2.0)

@@ -24,12 +24,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import variants as V
-from . import figures, verdicts
-from .build import VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
+from .figures import groundtruth_figure, prior_loss_figure
+from .verdicts import ALPHA, holm, paired_t_pvalue, rule_text
+from .common import BASELINE_WORDS, BASELINES, METHOD, VARIANT_NAMES, columns_table, sha256_file, variant_sort_key
+from .select import GT_MODEL
 from .stats import fmt_mean_se, mean_se
 
-GT_MODEL = "ground truth"
 # (metric, label, unit, higher is better), in display order
 GT_METRICS = [
     ("psnr", "PSNR", "dB", True),
@@ -44,10 +44,7 @@ GT_LABEL = {m: label for m, label, _, _ in GT_METRICS}
 GT_UNIT = {m: unit for m, _, unit, _ in GT_METRICS}
 GT_HIGHER = {m: hib for m, _, _, hib in GT_METRICS}
 PLOT_METRICS = ["psnr", "silhouette_iou", "chamfer", "janus_gt"]
-# the headline: DreamBooth3D against each of these baselines (where both have ground-truth rows)
-METHOD = V.METHOD
-BASELINES = V.headline_baselines()
-BASELINE_WORDS = {v.name: v.word for v in V.VARIANT_LIST}
+# the headline: METHOD against each of BASELINES (db3d.report.common), where both have ground-truth rows
 # a run: what two variants' rows must share to be paired (seed~N settings: the seed; subject; prompt)
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"
@@ -108,10 +105,10 @@ def verdict(mean: float, n: int, rejected: bool, higher_is_better: bool) -> str:
     return BETTER if gain > 0 else WORSE
 
 
-def judge(results: list[dict], alpha: float = verdicts.ALPHA) -> list[dict]:
+def judge(results: list[dict], alpha: float = ALPHA) -> list[dict]:
     """Holm over the family `results` (`paired_difference` dicts): each gets `p_holm`, `rejected`
     and its `verdict` (in place; also returned). The family is the comparisons with a p-value."""
-    adjusted, rejected = verdicts.holm([r["p"] for r in results], alpha)
+    adjusted, rejected = holm([r["p"] for r in results], alpha)
     for r, adj, rej in zip(results, adjusted, rejected):
         r["p_holm"], r["rejected"] = float(adj), bool(rej)
         r["verdict"] = verdict(r["mean"], r["n"], bool(rej), r["higher"])
@@ -147,7 +144,7 @@ def paired_difference(df, metric: str, a: str = METHOD, b: str = "naive",
             dropped += 1
     mean, se, n = mean_se(diffs)
     res = {"metric": metric, "a": a, "b": b, "mean": mean, "se": se, "n": n, "dropped": dropped,
-           "higher": higher, "p": verdicts.paired_t_pvalue(diffs)}
+           "higher": higher, "p": paired_t_pvalue(diffs)}
     return judge([res])[0]
 
 
@@ -195,7 +192,7 @@ def _p_text(r: dict) -> str:
     return f"{p:.2g} ({adj:.2g})"
 
 
-def headline(gt, metrics: list[str], alpha: float = verdicts.ALPHA) -> dict | None:
+def headline(gt, metrics: list[str], alpha: float = ALPHA) -> dict | None:
     """Per baseline present: the paired results, the sentence, its short form and the table rows;
     every comparison judged in ONE family (Holm over all baselines and metrics, `judge`)."""
     present = set(gt["variant"]) if len(gt) else set()
@@ -217,7 +214,7 @@ def headline(gt, metrics: list[str], alpha: float = verdicts.ALPHA) -> dict | No
                          "diff": fmt_mean_se(r["mean"], r["se"], r["n"]),
                          "n": str(r["n"]) + (f" ({r['dropped']} dropped)" if r["dropped"] else ""),
                          "p": _p_text(r), "verdict": r["verdict"]})
-    rule = verdicts.rule_text(m, alpha)
+    rule = rule_text(m, alpha)
     n_txt = "/".join(map(str, ns)) if ns else "0"
     return {"comparisons": comparisons, "rows": rows, "family": m, "alpha": alpha,
             "sentence": " ".join(c["sentence"] for c in comparisons),
@@ -275,7 +272,7 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path, reference=None) 
                        "ylabel": GT_LABEL[m] + (f" ({unit})" if unit else ""), "items": items})
     figure = None
     if panels:
-        figures.groundtruth_figure(fig_dir / "groundtruth.png", panels)
+        groundtruth_figure(fig_dir / "groundtruth.png", panels)
         figure = "fig/groundtruth.png"
 
     seeds = sorted({int(s) for s in gt["seed"]})
@@ -305,7 +302,7 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path, reference=None) 
         "headline_intro": ("DreamBooth3D against each baseline on the same runs: for every (subject, seed, prompt) "
                            "both were evaluated on, the difference DreamBooth3D \u2212 baseline; mean \u00b1 s.e. of "
                            "these paired differences, n = pairs (a pair with a missing or non-finite value is "
-                           "dropped). Verdict rule: " + (hl["rule"] if hl else verdicts.rule_text(0)) + ": the "
+                           "dropped). Verdict rule: " + (hl["rule"] if hl else rule_text(0)) + ": the "
                            "chance of any false verdict in the table is at most \u03b1. p: the test's p-value "
                            "(in brackets: Holm-adjusted). Better or worse when the adjusted p \u2264 \u03b1, read "
                            "in the metric's direction (for \u2193 metrics a negative difference is better); "
@@ -440,7 +437,7 @@ def prior_section(info: dict, build_dir: Path) -> dict:
                          "with the toy_prior rule, or point models.toy at its folder).")
     curve = _loss_curve(info["log"] or {})
     if curve:
-        figures.prior_loss_figure(build_dir / "fig" / "prior_loss.png", curve)
+        prior_loss_figure(build_dir / "fig" / "prior_loss.png", curve)
         out["loss_figure"] = "fig/prior_loss.png"
     pc = (info["log"] or {}).get("prior_cfg")
     if isinstance(pc, dict) and pc:

@@ -30,6 +30,15 @@ HIGHER_IS_BETTER = {m: hib for m, _, hib in METRICS}
 # where it exists (fidelity, Janus), then the largest CLIP.
 MODEL_PREFERENCE = ["dino", "ViT-L-14", "ViT-B-16", "ViT-B-32"]
 
+# Ground-truth failure cases, in order: (metric, title, worst is the max, what it measures)
+GT_MODEL = "ground truth"
+GT_FAILURES = [
+    ("janus_gt", "Worst Janus (GT)", True, "fraction of back views that show the front"),
+    ("psnr_back", "Worst back-view PSNR", False, "PSNR of the views with |azimuth| >= 135 deg against the truth"),
+    ("lpips", "Worst LPIPS", True, "LPIPS (AlexNet) of the renders against the truth"),
+]
+MAX_COLLAPSED = 6   # collapsed runs shown one by one; the rest are counted
+
 
 def base_model(label: str) -> str:
     """`tiny-random(ViT-B-16)` -> `ViT-B-16`; real labels pass through."""
@@ -171,7 +180,7 @@ def divergence_score(d: dict) -> tuple:
 # ----------------------------------------------------------------------------- failure cases
 @dataclass
 class FailureCase:
-    kind: str            # janus | fidelity | divergence
+    kind: str            # collapsed | groundtruth | janus | fidelity | divergence
     title: str
     metric: str          # what flagged it, in words
     value: float
@@ -200,39 +209,81 @@ def _extreme_row(sub, worst_is_max: bool):
     return best
 
 
-def select_failure_cases(df, runs_dir: Path) -> list[FailureCase]:
-    """The worst Janus score, the lowest subject fidelity and the highest loss divergence among
-    every run of the metrics table (main and ablation cells); each only when its data exist.
+def is_stand_in(label: str) -> bool:
+    """A random-weight stand-in model's label (`tiny-random(...)`): its scores mean nothing."""
+    return str(label).startswith("tiny-random(")
 
-    - Janus: the largest `janus` value of the primary model (DINO where present).
-    - Fidelity: the smallest `dino_i` (primary DINO model), else the smallest `clip_i`.
-    - Divergence: over the losses.json of each run's NeRF stage (the stage its variant is judged
-      by, db3d.variants), the largest `loss_divergence` (non-finite losses first);
-      its `setting` is the stage's own folder (db3d.workflow.stage_setting), `detail` the file."""
+
+def _run_key(r) -> tuple:
+    return (r["setting"], r["subject"], r["prompt_id"], r["variant"])
+
+
+def collapsed_runs(df) -> list[tuple]:
+    """(setting, subject, prompt_id, variant) of every run whose NeRF collapsed, in run order."""
+    col = df[(df["metric"] == "collapsed") & (df["value"] >= 0.5)] if len(df) else df
+    return sorted({_run_key(r) for _, r in col.iterrows()}) if len(col) else []
+
+
+def select_failure_cases(df, runs_dir: Path, stand_in: bool | None = None) -> list[FailureCase]:
+    """The failure cases of every run of the metrics table (main and ablation cells), chosen by what
+    is true; each only when its data exist:
+
+    1. collapsed NeRFs first (the `collapsed` metric, db3d.eval.coverage), at most MAX_COLLAPSED;
+    2. with ground-truth rows (synthetic track): the worst Janus (GT), back-view PSNR and LPIPS
+       (GT_FAILURES) among the runs that did not collapse (all runs when every one did);
+    3. without them, and only when the CLIP/DINO models are real (`stand_in` False; default: no
+       model label is a `tiny-random(...)` stand-in): the largest `janus` of the primary model and
+       the smallest `dino_i` (else `clip_i`). Random-weight stand-ins never choose a case.
+    4. the highest loss divergence: over the losses.json of each run's NeRF stage (stage3, stage1,
+       naive, latent_nerf as the variant says), the largest `loss_divergence` (non-finite losses
+       first); its `setting` is the stage's own folder (db3d.workflow.stage_setting), `detail` the file."""
     runs_dir = Path(runs_dir)
     out: list[FailureCase] = []
     if len(df) == 0:
         return out
+    if stand_in is None:
+        stand_in = any(is_stand_in(m) for m in set(df["model"]))
 
-    model = metric_model(df, "janus")
-    if model is not None:
-        r = _extreme_row(df[(df["metric"] == "janus") & (df["model"] == model)], worst_is_max=True)
-        if r is not None:
-            out.append(FailureCase("janus", "Worst Janus score", f"janus ({model}), the highest of all runs",
-                                   float(r["value"]), r["setting"], r["subject"], r["prompt_id"], r["variant"],
-                                   model=model,
-                                   detail="back views resemble the front more than the side views do"))
-    for metric in ("dino_i", "clip_i"):
-        model = metric_model(df, metric)
-        if model is None:
-            continue
-        r = _extreme_row(df[(df["metric"] == metric) & (df["model"] == model)], worst_is_max=False)
-        if r is not None:
-            out.append(FailureCase("fidelity", "Lowest subject fidelity",
-                                   f"{metric} ({model}), the lowest of all runs", float(r["value"]),
-                                   r["setting"], r["subject"], r["prompt_id"], r["variant"], model=model,
-                                   detail="mean cosine between the views and the subject's photos"))
-            break
+    dead = collapsed_runs(df)
+    coverage = {_run_key(r): float(r["value"]) for _, r in df[df["metric"] == "coverage"].iterrows()}
+    for key in dead[:MAX_COLLAPSED]:
+        cov = coverage.get(key, float("nan"))
+        rest = f"; {len(dead) - MAX_COLLAPSED} more collapsed runs not shown" if len(dead) > MAX_COLLAPSED else ""
+        out.append(FailureCase("collapsed", "Collapsed NeRF (empty scene)",
+                               f"collapsed (coverage {cov:.3f}, below eval.collapse_coverage){rest}", cov, *key,
+                               model="opacity", detail="the background explains the views; the NeRF is empty"))
+
+    gt = df[df["model"] == GT_MODEL]
+    if len(gt):
+        alive = gt[[_run_key(r) not in set(dead) for _, r in gt.iterrows()]]
+        pool, scope = (alive, "the runs that did not collapse") if len(alive) else (gt, "all runs (all collapsed)")
+        for metric, title, worst_max, what in GT_FAILURES:
+            r = _extreme_row(pool[pool["metric"] == metric], worst_is_max=worst_max)
+            if r is not None:
+                out.append(FailureCase("groundtruth", title,
+                                       f"{metric} (ground truth), the {'highest' if worst_max else 'lowest'} of "
+                                       f"{scope}", float(r["value"]), r["setting"], r["subject"], r["prompt_id"],
+                                       r["variant"], model=GT_MODEL, detail=what))
+    elif not stand_in:
+        model = metric_model(df, "janus")
+        if model is not None:
+            r = _extreme_row(df[(df["metric"] == "janus") & (df["model"] == model)], worst_is_max=True)
+            if r is not None:
+                out.append(FailureCase("janus", "Worst Janus score", f"janus ({model}), the highest of all runs",
+                                       float(r["value"]), r["setting"], r["subject"], r["prompt_id"], r["variant"],
+                                       model=model,
+                                       detail="back views resemble the front more than the side views do"))
+        for metric in ("dino_i", "clip_i"):
+            model = metric_model(df, metric)
+            if model is None:
+                continue
+            r = _extreme_row(df[(df["metric"] == metric) & (df["model"] == model)], worst_is_max=False)
+            if r is not None:
+                out.append(FailureCase("fidelity", "Lowest subject fidelity",
+                                       f"{metric} ({model}), the lowest of all runs", float(r["value"]),
+                                       r["setting"], r["subject"], r["prompt_id"], r["variant"], model=model,
+                                       detail="mean cosine between the views and the subject's photos"))
+                break
 
     seen: set[str] = set()
     best: tuple | None = None
