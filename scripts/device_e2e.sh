@@ -50,31 +50,7 @@ left() { echo $((LIMIT - (SECONDS - T0))); }
 say() { echo "[$((SECONDS - T0))s] $*"; }
 est() { local kv v=60; for kv in $EST; do [ "${kv%%=*}" = "$1" ] && v=${kv#*=}; done; echo "$v"; }
 
-setup() {
-    say "== environment + carried wheels -> /tmp/pydeps"
-    if [ -n "${DB3D_E2E_LOCAL:-}" ]; then
-        PY=python; export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-        "$PY" -m snakemake --version | sed 's/^/snakemake /'
-        return 0
-    elif [ -f /tmp/pydeps/.db3d_wheels_done ]; then
-        # a warm machine: the wheels are in, only the variables are set again
-        for c in python python3; do
-            if command -v "$c" >/dev/null && "$c" -c "import torch" 2>/dev/null; then PY=$c; break; fi
-        done
-        export PYTHONPATH=/tmp/pydeps:$REPO PATH=/tmp/pydeps/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-        export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} TOKENIZERS_PARALLELISM=false
-    else
-        db3d_env || return 1
-        touch /tmp/pydeps/.db3d_wheels_done
-    fi
-    # the rules call `python`: make it the interpreter that has torch
-    if [ "$(command -v python 2>/dev/null)" != "$(command -v "$PY")" ]; then
-        mkdir -p /tmp/pybin && ln -sf "$(command -v "$PY")" /tmp/pybin/python && export PATH=/tmp/pybin:$PATH
-    fi
-    "$PY" -m snakemake --version | sed 's/^/snakemake /' || { echo "snakemake does not import"; return 1; }
-    say "== nerfacc CUDA ops"
-    db3d_nerfacc
-}
+setup() { db3d_setup; }  # scripts/device_env.sh
 
 # The targets in graph order, one line each: <rule> <file> (db3d.workflow's paths for the config)
 targets() {

@@ -7,6 +7,8 @@
 #                   prebuilt nerfacc extension in .carry/nerfacc/nerfacc_cuda.so (what db3d_keep_builds
 #                   saved on an earlier machine of the same kind) nerfacc loads it instead of building;
 #                   with .carry/inductor/cache.tgz.part* it unpacks torch.compile's on-disk cache
+#   db3d_setup      all of a workflow run's set-up (db3d_env or a warm machine's variables, `python`,
+#                   Snakemake, nerfacc); DB3D_E2E_LOCAL=1: the active python, for a CPU dry run
 #   db3d_nerfacc    loads (or JIT-builds, ~80 s) nerfacc's CUDA ops once, before anything is timed
 #   db3d_keep_builds DIR  copies the nerfacc extension and torch.compile's cache (tar.gz in parts of
 #                   15 MiB, at most MAX_MIB) to DIR, for the next machine: carry them as .carry/nerfacc
@@ -84,6 +86,34 @@ try:
 except Exception:
     print("nerfacc CUDA ops: build failed"); traceback.print_exc(limit=3)
 EOF
+}
+
+db3d_setup() {  # REPO: the checkout. The whole set-up of a workflow run on a lent GPU, warm-aware:
+    # a warm machine (an earlier call's /tmp/pydeps) only sets the variables again; DB3D_E2E_LOCAL=1
+    # uses the active python (a CPU dry run of the plumbing); `python` is the interpreter with torch
+    # (the rules call it); Snakemake must import; nerfacc's CUDA ops are loaded once.
+    local c
+    echo "== environment + carried wheels -> /tmp/pydeps"
+    if [ -n "${DB3D_E2E_LOCAL:-}" ]; then
+        PY=python; export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+        "$PY" -m snakemake --version | sed 's/^/snakemake /'
+        return 0
+    elif [ -f /tmp/pydeps/.db3d_wheels_done ]; then
+        for c in python python3; do
+            if command -v "$c" >/dev/null && "$c" -c "import torch" 2>/dev/null; then PY=$c; break; fi
+        done
+        export PYTHONPATH=/tmp/pydeps:$REPO PATH=/tmp/pydeps/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+        export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} TOKENIZERS_PARALLELISM=false
+    else
+        db3d_env || return 1
+        touch /tmp/pydeps/.db3d_wheels_done
+    fi
+    if [ "$(command -v python 2>/dev/null)" != "$(command -v "$PY")" ]; then
+        mkdir -p /tmp/pybin && ln -sf "$(command -v "$PY")" /tmp/pybin/python && export PATH=/tmp/pybin:$PATH
+    fi
+    "$PY" -m snakemake --version | sed 's/^/snakemake /' || { echo "snakemake does not import"; return 1; }
+    echo "== nerfacc CUDA ops"
+    db3d_nerfacc
 }
 
 db3d_keep_builds() {

@@ -45,17 +45,7 @@ source scripts/device_env.sh
 say() { echo "[$((SECONDS - T0))s] $*"; }
 
 main() {
-    say "== environment"
-    if [ -f /tmp/pydeps/.db3d_wheels_done ]; then  # a warm machine (an earlier call): only the variables
-        PY=python3; export PYTHONPATH=/tmp/pydeps:$PWD PATH=/tmp/pydeps/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    else
-        db3d_env || return 1
-        touch /tmp/pydeps/.db3d_wheels_done
-    fi
-    if [ "$(command -v python 2>/dev/null)" != "$(command -v "$PY")" ]; then  # the rules call `python`
-        mkdir -p /tmp/pybin && ln -sf "$(command -v "$PY")" /tmp/pybin/python && export PATH=/tmp/pybin:$PATH
-    fi
-    db3d_nerfacc
+    REPO=$PWD db3d_setup || return 1
     export OMP_NUM_THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))  # the jobs share the cores
     export PYTHONPATH=$PYTHONPATH:$PWD/.carry/lpips  # db3d.eval.lpips finds the package's weights file
     say "== the shipped prior from models/dvc-remote"
