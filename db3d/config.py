@@ -76,6 +76,10 @@ def validate(cfg: dict, source: str = "config") -> dict:
     if unknown:
         raise ConfigError(f"{source}: variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)}); "
                           "fix `variants` in the config")
+    if "backend" in cfg:
+        from .diffusion.registry import find  # the backend names are the registry's, not the schema's
+
+        find(cfg["backend"])  # an unknown one: one line naming the known ones
     return cfg
 
 

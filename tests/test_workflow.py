@@ -321,6 +321,9 @@ def test_every_registered_backend_model_key_reaches_every_rule():
         assert "toy_prior" not in json.loads(wf.stage_rule_config(dict(cfg, backend="tiny"), "seed~0", stage))
     with pytest.raises(ConfigError, match="backend 'nope' is not registered"):
         registry.find("nope")
+    # the config names a backend the registry knows (the schema lists none): refused in one line
+    with pytest.raises(ConfigError, match=r"backend 'sdxl' is not registered \(known: if, sd, tiny, toy\)"):
+        load_config(overrides={"backend": "sdxl"})
 
 
 def test_dreamfusion_is_the_base_model_without_the_subject():
