@@ -91,7 +91,7 @@ def test_missing_real_dino_is_one_line_error(offline_hub):
         load_dino("facebook/dino-vits16", offline_tiny=False)
     msg = str(err.value)
     assert "\n" not in msg and "facebook/dino-vits16" in msg and "HF_HUB_OFFLINE" in msg
-    assert "local folder" in msg and "backend: tiny" in msg
+    assert "local folder" in msg and "backend: toy or tiny" in msg
     missing = offline_hub / "no-such-dino"
     with pytest.raises(ModelNotFoundError) as err:
         load_dino(str(missing), offline_tiny=False)

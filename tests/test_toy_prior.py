@@ -146,6 +146,9 @@ def test_toy_prior_command_trains_on_the_config_device(tmp_path, monkeypatch, de
 
     monkeypatch.setattr(prior_mod, "train_prior", fake_train)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    # a host with one GPU as the job's device lease sees it (db3d.devices), or none
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0" if cuda else "")
+    monkeypatch.setenv("DB3D_LEASE_DIR", str(tmp_path / "leases"))
     cfg = {"device": device, "toy_prior": SMALL, "nerf": {"camera": CAMERA}}
     assert cli.main(["toy-prior", "--config-json", json.dumps(cfg), "--out", str(tmp_path / "toy")]) == 0
     assert str(seen["device"]) == want and seen["prior_cfg"] == SMALL and seen["camera"] == CAMERA
