@@ -8,7 +8,7 @@
 # scripts/carry_wheels.sh; nerfacc's CUDA ops built once or carried in .carry/nerfacc). The shipped
 # prior comes out of the DVC remote committed with the repository (models/dvc-remote; the device has
 # no dvc), checked against models.toy_sha256 by every job as usual.
-# The study: `snakemake --cores $(nproc) --config device_slots=$DB3D_STUDY_GPU_JOBS` (default 16 jobs on the
+# The study: `snakemake --cores $(nproc) --config device_slots=$DB3D_STUDY_GPU_JOBS` (default: the config's device_slots, 16 jobs on the
 # one GPU: the toy prior is small, a job holds < 2 GiB and is bound by its host thread) up to the report, which is typeset where typst is installed:
 # $OUT/study.tgz holds results/, logs/, the run folders' JSON/PNG/GIF (no weights) and the built
 # data/synthetic photos, enough for `python -m db3d report` (the report rule's command) elsewhere.
@@ -26,7 +26,7 @@ OUT=${OUT:-reports/bench/device}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LIMIT=${DB3D_STUDY_LIMIT_S:-500}
-JOBS=${DB3D_STUDY_GPU_JOBS:-16}
+JOBS=${DB3D_STUDY_GPU_JOBS:-$(awk '/^device_slots:/ {print $2}' config/synthetic_gpu.yaml)}  # default: the config's
 # read before OMP_NUM_THREADS is set: GNU nproc prints OMP_NUM_THREADS when it is set (seen: a 16-core
 # machine ran the study with --cores 1, one job at a time)
 CORES=$(nproc)

@@ -150,9 +150,15 @@ class _Workflow:
         self.global_resources[name] = _Res(value)
 
 
+def _owned_env(monkeypatch):
+    """plan_resources exports DB3D_DEVICE_SLOTS/EXCLUSIVE for the jobs it plans: set through
+    monkeypatch first (delenv of an absent variable records nothing), so teardown removes them."""
+    for name in (devices.SLOTS_ENV, devices.EXCLUSIVE_ENV):
+        monkeypatch.setenv(name, "")
+
+
 def test_plan_resources_slots_per_job_and_the_hosts_total(monkeypatch):
-    monkeypatch.delenv("DB3D_DEVICE_SLOTS", raising=False)
-    monkeypatch.delenv("DB3D_DEVICE_EXCLUSIVE", raising=False)
+    _owned_env(monkeypatch)
     wf = _Workflow(gpu=4)
     cfg = {"device_slots": 2, "device_exclusive": ["class-priors", "dreambooth", "toy-prior", "bench"]}
     res = devices.plan_resources(wf, cfg, gpu_count=1)
@@ -166,6 +172,7 @@ def test_plan_resources_slots_per_job_and_the_hosts_total(monkeypatch):
 
 
 def test_device_exclusive_decides_which_jobs_take_a_gpu_whole(tmp_path, jobs, monkeypatch):
+    _owned_env(monkeypatch)
     cfg = {"device_slots": 4, "device_exclusive": ["dreambooth"]}
     res = devices.plan_resources(_Workflow(gpu=1), cfg, 1)
     assert res["dreambooth"] == {"gpu_slots": 4} and res["class-priors"] == {"gpu_slots": 1}
@@ -179,5 +186,3 @@ def test_device_exclusive_decides_which_jobs_take_a_gpu_whole(tmp_path, jobs, mo
     assert _granted(a)[1] == "0" and _granted(b)[1] == "0"  # both on GPU 0 at once, a slot each
     with pytest.raises(ConfigError, match="device_exclusive: dreamboth is not a GPU command"):
         devices.plan_resources(_Workflow(gpu=1), dict(cfg, device_exclusive=["dreamboth"]), 1)
-    monkeypatch.delenv(devices.EXCLUSIVE_ENV, raising=False)
-    monkeypatch.delenv(devices.SLOTS_ENV, raising=False)
