@@ -155,7 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .variants import nerf_stages
+    from .variants import REFERENCES, nerf_stages
 
     p = argparse.ArgumentParser(prog="db3d", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_evaluate)
 
     sp = with_config(sub.add_parser("reference", help="ground-truth metrics of a reference NeRF (untrained: the "
-                                                      "initial field) of a synthetic subject"))
-    sp.add_argument("--kind", required=True, choices=["untrained"])
+                                                      "initial field; oracle: it fit to true renders from all "
+                                                      "around) of a synthetic subject"))
+    sp.add_argument("--kind", required=True, choices=list(REFERENCES))
     sp.add_argument("--subject-dir", required=True)
     sp.add_argument("--setting", required=True)
     sp.add_argument("--out-dir", required=True)

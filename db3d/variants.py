@@ -153,6 +153,17 @@ VARIANT_LIST: tuple[Variant, ...] = (
 VARIANTS: dict[str, Variant] = {v.name: v for v in VARIANT_LIST}
 METHOD = next(v.name for v in VARIANT_LIST if v.method)
 
+# The reference rows of the ground-truth tables (db3d.eval.reference; synthetic subjects only): no
+# method, two NeRFs that bracket every variant. `untrained`: the initial field at the seed, not
+# one step of training (from below); `oracle`: the same field fit by plain reconstruction to true
+# renders from all around, for stage 1's iteration count at SDS's learning rate (from above).
+# Per reference, the config keys it reads (its rule's params, beyond the common keys).
+REFERENCE_READS: dict[str, tuple[str, ...]] = {
+    "untrained": ("eval", "nerf"),
+    "oracle": ("eval", "nerf", "stage1.iters", "sds.learning_rate"),
+}
+REFERENCES: tuple[str, ...] = tuple(REFERENCE_READS)
+
 
 # ---- derived tables ---------------------------------------------------------------------------------
 
@@ -198,6 +209,11 @@ def baseline_stages() -> list[str]:
 def variant_pattern() -> str:
     """The `{variant}` wildcard's constraint."""
     return "|".join(VARIANTS)
+
+
+def reference_pattern() -> str:
+    """The `{reference}` wildcard's constraint (rule reference)."""
+    return "|".join(REFERENCES)
 
 
 def order_key(variant: str) -> tuple:
