@@ -192,16 +192,29 @@ def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
             for variant in evaluated_variants(config, s)]
 
 
-# The reference rows (db3d.eval.reference) read the NeRF and evaluation sections.
-REFERENCE_KEYS = ("eval", "nerf")
+# The reference rows (db3d.eval.reference): rule reference, one job per reference of
+# db3d.variants.REFERENCES, subject and main cell; its params are the keys that reference reads.
+REFERENCE_KEYS: dict[str, tuple[str, ...]] = dict(V.REFERENCE_READS)
+REFERENCE_PATTERN = V.reference_pattern()
+
+
+def reference_output(name: str) -> str:
+    """The output pattern of rule reference's file `name` (metrics.tsv, info.json)."""
+    return f"runs/{{setting}}/{{subject}}/reference/{{reference}}/{name}"
+
+
+def reference_rule_config(config: dict, setting: str, reference: str) -> str:
+    return rule_config(config, setting, REFERENCE_KEYS[reference])
 
 
 def reference_targets(config: dict, settings: Iterable[str]) -> list[str]:
-    """The untrained-field reference of every subject and main cell: synthetic subjects only (they
-    have a truth); [] otherwise."""
+    """Every reference of every subject and main cell: synthetic subjects only (they have a
+    truth); [] otherwise."""
     if config["dataset"]["kind"] != "synthetic":
         return []
-    return [f"runs/{s}/{subj}/reference/untrained/metrics.tsv" for s in settings for subj in subjects(config)]
+    pattern = reference_output(V.EVAL_FILES["metrics"])
+    return [pattern.format(setting=s, subject=subj, reference=r)
+            for s in settings for subj in subjects(config) for r in V.REFERENCES]
 
 
 def reference_report_input(config: dict) -> list[str]:

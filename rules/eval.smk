@@ -27,23 +27,26 @@ rule evaluate:
         " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
 
 
-rule reference_untrained:
-    # the initial field, untrained, through the same ground-truth evaluation (db3d.eval.reference)
+rule reference:
+    # a reference NeRF of db3d.variants.REFERENCES (untrained: the initial field; oracle: it fit to
+    # true renders) through the same ground-truth evaluation (db3d.eval.reference)
     input:
         subject=ancient(SUBJECT_META),
     output:
-        metrics="runs/{setting}/{subject}/reference/untrained/metrics.tsv",
-        info="runs/{setting}/{subject}/reference/untrained/info.json",
+        metrics=wf.reference_output(V.EVAL_FILES["metrics"]),
+        info=wf.reference_output("info.json"),
+    wildcard_constraints:
+        reference=wf.REFERENCE_PATTERN,
     params:
-        cfg=lambda w: wf.rule_config(config, w.setting, wf.REFERENCE_KEYS),
+        cfg=lambda w: wf.reference_rule_config(config, w.setting, w.reference),
     log:
-        "logs/{setting}/{subject}/reference_untrained.log",
+        "logs/{setting}/{subject}/reference_{reference}.log",
     resources:
         **GPU["reference"],
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m db3d reference --kind untrained --config-json {params.cfg:q}"
+        "python -m db3d reference --kind {wildcards.reference} --config-json {params.cfg:q}"
         " --subject-dir $(dirname {input.subject}) --setting {wildcards.setting:q}"
         " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
 

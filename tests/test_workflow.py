@@ -54,6 +54,9 @@ def test_dry_run_builds_every_stage_for_every_variant(track):
     assert baselines >= ({"naive", "dreamfusion"} if synthetic else {"naive", "latent_nerf"})
     assert counts["nerf_baseline"] == len(baselines) * n_runs
     assert counts["evaluate"] == len(variants) * n_runs
+    # the reference rows (db3d.variants.REFERENCES): one job per reference, subject and seed, synthetic only
+    assert counts.get("reference", 0) == (len(V.REFERENCES) * len(subjects) * seeds if synthetic else 0)
+    assert counts.get("collect_reference", 0) == synthetic
     assert counts["report"] == 1
 
 
