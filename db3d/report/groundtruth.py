@@ -49,7 +49,8 @@ PLOT_METRICS = ["psnr", "silhouette_iou", "chamfer", "janus_gt"]
 PAIR_KEYS = ("setting", "subject", "prompt_id", "seed")
 BETTER, WORSE, UNCLEAR, NO_DATA = "better", "worse", "no clear difference", "no data"
 # reference rows (db3d.eval.reference, results/reference.tsv): shown under the variants, never judged
-REFERENCE_NAMES = {"untrained": "Untrained field (reference)"}
+REFERENCE_NAMES = {"untrained": "Untrained field (reference)",
+                   "oracle": "Oracle NeRF (reference, fit to true renders)"}
 
 # what the report reads from the checkpoint folder (rules/report.smk can list them as inputs)
 PRIOR_FILES = ("samples.png", "train_log.json", "model.safetensors")
@@ -83,6 +84,25 @@ def _reference_table_rows(ref, cols) -> list[dict]:
     for r in rows:
         r["label"] = REFERENCE_NAMES[r["code"]]
     return rows
+
+
+# what each reference row says, for the section's intro
+REFERENCE_SENTENCES = {
+    "untrained": ("the untrained field (the initial NeRF at each seed, not one step of training) brackets "
+                  "the variants from below - a variant near it learnt little about the object; if all are, "
+                  "the comparison below is between failures"),
+    "oracle": ("the oracle NeRF (the same initial NeRF, fit for as many steps as stage 1 by reconstruction "
+               "to true renders from all around the object, no diffusion model) brackets them from above - "
+               "what this NeRF scores when it is shown the answer"),
+}
+
+
+def _reference_sentence(refs: list[str]) -> str:
+    parts = [REFERENCE_SENTENCES[r] for r in refs if r in REFERENCE_SENTENCES]
+    if not parts:
+        return ""
+    return (f" Reference row{'s' if len(parts) > 1 else ''}, below the variants, through the same evaluation: "
+            + "; ".join(parts) + ".")
 
 
 def gt_metrics(gt) -> list[str]:
@@ -289,9 +309,7 @@ def groundtruth_section(df, variants: list[str], fig_dir: Path, reference=None) 
                   f"{dirs}). Mean \u00b1 standard error over the (subject, seed) runs of the seed~N settings; "
                   f"n = runs. {len(subjects)} subject(s), seeds {', '.join(map(str, seeds))}, {n_runs} "
                   "ground-truth run(s) in all."
-                  + (" Reference row, below the variants: the untrained field (the initial NeRF at each seed, "
-                     "not one step of training) through the same evaluation - a variant near it learnt little "
-                     "about the object; if all are, the comparison below is between failures." if refs else "")),
+                  + _reference_sentence(refs)),
         "table": table,
         "subject_table": subject_table,
         "subject_intro": "Per subject: mean \u00b1 s.e. over its seeds (n = seeds).",
