@@ -163,6 +163,7 @@ REFERENCE_READS: dict[str, tuple[str, ...]] = {
     "oracle": ("eval", "nerf", "stage1.iters", "sds.learning_rate"),
 }
 REFERENCES: tuple[str, ...] = tuple(REFERENCE_READS)
+REFERENCE_INFO = "info.json"  # a reference's details (the fit, the ground truth), beside its metrics.tsv
 
 
 # ---- derived tables ---------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def eval_targets(config: dict, settings: Iterable[str]) -> list[str]:
 
 # The reference rows (db3d.eval.reference): rule reference, one job per reference of
 # db3d.variants.REFERENCES, subject and main cell; its params are the keys that reference reads.
-REFERENCE_KEYS: dict[str, tuple[str, ...]] = dict(V.REFERENCE_READS)
+REFERENCE_KEYS = V.REFERENCE_READS  # the declaration itself, not a copy
 REFERENCE_PATTERN = V.reference_pattern()
 
 

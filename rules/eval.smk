@@ -34,7 +34,7 @@ rule reference:
         subject=ancient(SUBJECT_META),
     output:
         metrics=wf.reference_output(V.EVAL_FILES["metrics"]),
-        info=wf.reference_output("info.json"),
+        info=wf.reference_output(V.REFERENCE_INFO),
     wildcard_constraints:
         reference=wf.REFERENCE_PATTERN,
     params:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..io import atomic_path, write_json
-from ..variants import EVAL_FILES, REFERENCES
+from ..variants import EVAL_FILES, REFERENCE_INFO, REFERENCES
 from .groundtruth import GT_MODEL
 from .table import METRIC_COLUMNS
 
@@ -110,7 +110,7 @@ def oracle_field(cfg: dict, obj, device, *, views: int = ORACLE_VIEWS, batch: in
                      background_color=white)
         rgb = F.mse_loss(out.image, truth[idx])
         mask = F.mse_loss(out.opacity, masks[idx])
-        loss = rgb + mask_weight * mask if mask_weight > 0 else rgb
+        loss = rgb + mask_weight * mask
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,7 +162,7 @@ def write_reference(cfg: dict, kind: str, subject_dir: Path, setting: str, out_d
     log.info("reference %s %s %s: %s", kind, subject_dir.name, setting,
              ", ".join(f"{m} {v:.3f}" for m, v, _ in rows))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "info.json", {"reference": kind, "seed": int(cfg["seed"]), "device": str(device),
+    write_json(out_dir / REFERENCE_INFO, {"reference": kind, "seed": int(cfg["seed"]), "device": str(device),
                                        "timing_s": timing, **({"fit": fit} if fit else {}), "ground_truth": info})
     out = out_dir / EVAL_FILES["metrics"]
     with atomic_path(out) as tmp:
